@@ -1,0 +1,169 @@
+"""The `continual` command: run | list | plot.
+
+Bad input (unknown names, wrong types, negative strengths, missing directories) is reported as one
+line `continual: error: ...` with exit code 2, before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+EXIT_BAD_INPUT = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2, instead of argparse's usage dump
+        raise SystemExit(_fail(message))
+
+
+def _fail(message: str, code: int = EXIT_BAD_INPUT) -> int:
+    print(f"continual: error: {message}", file=sys.stderr)
+    return code
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="continual", description="Continual learning experiments in JAX.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    r = sub.add_parser("run", help="run an experiment and write its run directory")
+    r.add_argument("experiment", help="experiment name (see `continual list`)")
+    r.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set regularisers.ewc.strength=10",
+    )
+    r.add_argument(
+        "--method",
+        dest="methods",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="run only this method (repeatable)",
+    )
+    r.add_argument("--arg", default=None, help="the argument passed to get_config(arg)")
+    r.add_argument("--out", default="runs", help="parent of the run directory (default: runs)")
+    r.add_argument("--no-plots", action="store_true", help="skip the figures")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    sub.add_parser("list", help="list experiments, methods and regularisers")
+    pl = sub.add_parser("plot", help="redraw the figures of a run directory")
+    pl.add_argument("run_dir")
+    return p
+
+
+def _plots(module, stream, all_results, run_dir: Path) -> list[Path]:
+    from continual import plots
+
+    paths = plots.plot_run(all_results, run_dir / "plots")
+    if stream is not None and hasattr(module, "plot"):
+        paths += module.plot(all_results, stream, run_dir / "plots") or []
+    return paths
+
+
+def _run(args) -> int:
+    import jax  # noqa: F401  (imported here so that `continual list` stays fast)
+
+    from continual import results as res
+    from continual import runner
+    from continual.config import apply_overrides, load_experiment
+
+    module = load_experiment(args.experiment)
+    config = apply_overrides(module.get_config(args.arg), args.overrides)
+    plan = runner.plan(config, args.methods)
+    run_dir = runner.run_dir_for(args.out, args.experiment)
+    try:
+        run_dir.mkdir(parents=True)
+    except OSError as e:
+        raise ValueError(f"cannot create run directory {str(run_dir)!r}: {e.strerror}") from None
+    res.write_json(run_dir / "config.json", config)
+
+    bar = None
+    if not args.quiet:
+        from tqdm import tqdm
+
+        bar = tqdm(total=plan.total_steps, unit="step", delay=2.0, leave=False, file=sys.stderr)
+    finished = {}
+
+    def on_result(r):
+        finished[r.method] = r
+        res.save_results(run_dir, r)
+
+    try:
+        runner.execute(plan, on_steps=bar.update if bar else None, on_result=on_result)
+    finally:
+        if bar is not None:
+            bar.close()
+        if finished:
+            res.save_comparison(run_dir, finished)
+    print(res.format_table(finished))
+    if hasattr(module, "report"):
+        for line in module.report(finished, plan.stream):
+            print(line)
+    if not args.no_plots:
+        _plots(module, plan.stream, finished, run_dir)
+    print(f"run directory: {run_dir}")
+    return 0
+
+
+def _list() -> int:
+    from continual.config import experiment_names, load_experiment
+    from continual.runner import REGULARISERS
+    from continual.streams import STREAMS
+
+    for name in experiment_names():
+        module = load_experiment(name)
+        doc = (module.__doc__ or "").strip().splitlines()
+        methods = ", ".join(module.get_config(None)["methods"])
+        print(f"{name:<16} {doc[0] if doc else ''}\n{'':<16} methods: {methods}")
+    print(f"regularisers: {', '.join(['naive', *REGULARISERS])} (and `joint` as a method)")
+    print(f"streams: {', '.join(STREAMS)}")
+    return 0
+
+
+def _plot(args) -> int:
+    from continual import results as res
+    from continual.config import load_experiment
+
+    run_dir = Path(args.run_dir)
+    all_results = res.load_run(run_dir)
+    module, stream = None, None
+    config_file = run_dir / "config.json"
+    experiment = run_dir.parent.name
+    if config_file.exists():
+        from continual import runner
+
+        try:
+            module = load_experiment(experiment)
+            stream = runner.build_stream(json.loads(config_file.read_text()))
+        except ValueError:
+            module = None
+    for path in _plots(module, stream, all_results, run_dir):
+        print(path)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `continual` console script."""
+    args = _parser().parse_args(argv)
+    from continual.train import DivergenceError
+
+    try:
+        if args.command == "run":
+            return _run(args)
+        if args.command == "list":
+            return _list()
+        return _plot(args)
+    except DivergenceError as e:
+        return _fail(str(e), 1)
+    except (ValueError, FileNotFoundError) as e:
+        return _fail(str(e))
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Data sources: each returns plain numpy arrays; streams turn them into tasks."""

@@ -1,0 +1,111 @@
+"""Likelihoods: per-example losses, metrics, and what EWC's Fisher estimators need.
+
+Every function takes one example's model output `out` (C,), target `y` and label mask (C,) bool,
+and is vmapped by the caller. The training loss is the negative log-likelihood, so that the
+Fisher of a likelihood matches the curvature of its loss (EWC at strength 1 is Bayesian).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+MASKED = -1e9  # logit given to outputs outside the label mask
+
+
+class Likelihood(NamedTuple):
+    """A model's output distribution p(y | out) and the metric it is judged by."""
+
+    name: str
+    metric: str
+    higher_is_better: bool
+    nll: Callable  # (out, y, mask) -> scalar: -log p(y | out), the training loss
+    metric_fn: Callable  # (out, y, mask) -> scalar per example
+    scores: Callable  # (out, mask) -> (s (K,), w (K,)): exact Fisher = sum_k w_k (d s_k)^2
+    sample: Callable  # (key, out, mask) -> y ~ p(y | out)
+
+
+def _masked_log_probs(out_C, mask_C):
+    return jax.nn.log_softmax(jnp.where(mask_C, out_C, MASKED))
+
+
+def _categorical_nll(out_C, y, mask_C):
+    return -_masked_log_probs(out_C, mask_C)[y]
+
+
+def _categorical_accuracy(out_C, y, mask_C):
+    return (jnp.argmax(jnp.where(mask_C, out_C, MASKED)) == y).astype(jnp.float32)
+
+
+def _categorical_scores(out_C, mask_C):
+    # E_y[(d log p_y)^2] = sum_c p_c (d log p_c)^2: one score per class, weighted by p_c.
+    logp_C = _masked_log_probs(out_C, mask_C)
+    return logp_C, jax.lax.stop_gradient(jnp.exp(logp_C))
+
+
+def _categorical_sample(key, out_C, mask_C):
+    return jax.random.categorical(key, jnp.where(mask_C, out_C, MASKED))
+
+
+def _gaussian_nll(out_C, y_C, mask_C):
+    return 0.5 * jnp.sum(jnp.where(mask_C, (y_C - out_C) ** 2, 0.0))
+
+
+def _squared_error(out_C, y_C, mask_C):
+    return jnp.sum(jnp.where(mask_C, (y_C - out_C) ** 2, 0.0))
+
+
+def _gaussian_scores(out_C, mask_C):
+    # With unit variance, E_y[(d log p)^2] = sum_c (d f_c)^2: the scores are the outputs themselves.
+    return out_C, mask_C.astype(out_C.dtype)
+
+
+def _gaussian_sample(key, out_C, mask_C):
+    return out_C + jax.random.normal(key, out_C.shape, out_C.dtype)
+
+
+categorical = Likelihood(
+    "categorical",
+    "accuracy",
+    True,
+    _categorical_nll,
+    _categorical_accuracy,
+    _categorical_scores,
+    _categorical_sample,
+)
+gaussian = Likelihood(
+    "gaussian", "mse", False, _gaussian_nll, _squared_error, _gaussian_scores, _gaussian_sample
+)
+LIKELIHOODS = {"categorical": categorical, "gaussian": gaussian}
+
+
+def weighted_mean(values_B: jax.Array, weight_B: jax.Array) -> jax.Array:
+    """Mean of per-example values over the examples with non-zero weight (0 if there are none)."""
+    return jnp.sum(values_B * weight_B) / jnp.maximum(jnp.sum(weight_B), 1e-12)
+
+
+class Objective(NamedTuple):
+    """A model's apply function, its likelihood and the label mask of every task."""
+
+    apply: Callable  # (params, x_BxD) -> out_BxC
+    likelihood: Likelihood
+    label_masks: jax.Array  # (T, C) bool
+
+    def per_example(self, fn, params, batch):
+        """fn(out, y, mask) for every example of a batch {"x", "y", "task", ...}."""
+        out_BxC = self.apply(params, batch["x"])
+        return jax.vmap(fn)(out_BxC, batch["y"], self.label_masks[batch["task"]])
+
+    def loss(self, params, batch) -> jax.Array:
+        """Weighted mean negative log-likelihood of a batch."""
+        nll_B = self.per_example(self.likelihood.nll, params, batch)
+        return weighted_mean(nll_B, batch["weight"])
+
+    def metric(self, params, batch) -> jax.Array:
+        """Weighted mean metric (accuracy or squared error) of a batch."""
+        return weighted_mean(
+            self.per_example(self.likelihood.metric_fn, params, batch), batch["weight"]
+        )

@@ -1,0 +1,91 @@
+"""Figures of a run: each method's metric matrix, and old- vs new-task curves over training."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from continual.types import Results
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _grid(n: int):
+    cols = min(n, 3)
+    return math.ceil(n / cols), cols
+
+
+def save(fig, path: Path) -> Path:
+    """Saves a figure atomically (temporary file, then rename) and closes it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, dpi=110, format=path.suffix.lstrip("."))
+    tmp.replace(path)
+    _pyplot().close(fig)
+    return path
+
+
+def plot_matrices(all_results: dict[str, Results], path: Path) -> Path:
+    """Heatmap of matrix[i][j] (metric on task j after training row i) for every method."""
+    plt = _pyplot()
+    rows, cols = _grid(len(all_results))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.0 * rows), squeeze=False)
+    for ax, (name, r) in zip(axes.flat, all_results.items(), strict=False):
+        m = np.asarray(r.matrix)
+        cmap = "viridis" if r.higher_is_better else "viridis_r"
+        ax.imshow(m, cmap=cmap, aspect="auto")
+        for (i, j), v in np.ndenumerate(m):
+            ax.text(j, i, f"{v:.3g}", ha="center", va="center", color="w", fontsize=8)
+        ax.set_xticks(range(m.shape[1]), r.tasks, rotation=45, ha="right", fontsize=7)
+        ax.set_yticks(range(m.shape[0]), r.rows or r.tasks[: m.shape[0]], fontsize=7)
+        ax.set_xlabel(f"evaluated on ({r.metric})", fontsize=8)
+        ax.set_ylabel("after training", fontsize=8)
+        ax.set_title(name, fontsize=9)
+    for ax in list(axes.flat)[len(all_results) :]:
+        ax.axis("off")
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.12, top=0.93, wspace=0.3, hspace=0.45)
+    return save(fig, path)
+
+
+def plot_curves(all_results: dict[str, Results], path: Path) -> Path:
+    """Metric on every task over training steps, one panel per method, task boundaries dashed."""
+    plt = _pyplot()
+    rows, cols = _grid(len(all_results))
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
+    for ax, (name, r) in zip(axes.flat, all_results.items(), strict=False):
+        steps = np.asarray(r.curves["step"])
+        values = np.asarray(r.curves["values"], np.float64)
+        if not r.higher_is_better:  # errors span decades: log scale, exact zeros floored
+            values = np.maximum(values, 1e-12)
+        training = np.asarray(r.curves["training_task"])
+        for j, task in enumerate(r.tasks):
+            ax.plot(steps, values[:, j], label=task, lw=1.5)
+        for b in steps[:-1][np.diff(training) != 0]:
+            ax.axvline(b, color="grey", ls="--", lw=0.8)
+        if not r.higher_is_better and values.max() > 100 * values.min():
+            ax.set_yscale("log")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("training step", fontsize=8)
+        ax.set_ylabel(r.metric, fontsize=8)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(all_results) :]:
+        ax.axis("off")
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.12, top=0.93, wspace=0.3, hspace=0.45)
+    return save(fig, path)
+
+
+def plot_run(all_results: dict[str, Results], plots_dir: Path) -> list[Path]:
+    """The standard figures of a run."""
+    return [
+        plot_matrices(all_results, plots_dir / "matrix.png"),
+        plot_curves(all_results, plots_dir / "curves.png"),
+    ]

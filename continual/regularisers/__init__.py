@@ -1,0 +1,21 @@
+"""Anti-forgetting methods as pluggable pure-function units (see base.py for the protocol)."""
+
+from continual.regularisers.base import Regulariser, chain, identity, quadratic, regulariser
+from continual.regularisers.ewc import EWCState, ewc, fisher_diagonal
+from continual.regularisers.l2 import L2State, l2
+from continual.regularisers.replay import ReplayState, replay
+
+__all__ = [
+    "EWCState",
+    "L2State",
+    "Regulariser",
+    "ReplayState",
+    "chain",
+    "ewc",
+    "fisher_diagonal",
+    "identity",
+    "l2",
+    "quadratic",
+    "regulariser",
+    "replay",
+]

@@ -1,0 +1,146 @@
+"""Elastic weight consolidation (Kirkpatrick et al. 2017) with a diagonal Fisher.
+
+Fisher estimators (per example, averaged over the task's examples):
+  exact      E_{y ~ p(y|x)} [(d log p(y|x))^2], the expectation taken in closed form over the
+             model's own predictive distribution (every class for a categorical output).
+  empirical  (d log p(y_true|x))^2 at the true label.
+  sampled    (d log p(y~|x))^2 for one label sampled from the model.
+Modes:
+  separate   one quadratic penalty per past task, in preallocated slots (shapes never change);
+  online     one running Fisher F <- gamma F + F_task and the latest anchor (Schwarz et al. 2018).
+The penalty is strength/2 * sum_t sum_i F_t,i (theta_i - theta*_t,i)^2; with the per-example mean
+Fisher and a mean training loss, strength 1 weighs an old task as much as the current one.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from continual.regularisers.base import check_nonnegative, quadratic, regulariser
+
+ESTIMATORS = ("exact", "empirical", "sampled")
+MODES = ("separate", "online")
+_CHUNK_FLOATS = 2**24  # per-chunk budget for per-example gradients (64 MiB of float32)
+
+
+class EWCState(NamedTuple):
+    strength: jax.Array  # lambda
+    gamma: jax.Array  # online decay of the old Fisher (unused in separate mode)
+    fisher: object  # online: params-shaped; separate: (slots, *shape) per leaf
+    anchor: object  # same layout as fisher
+    count: jax.Array  # tasks consolidated so far
+
+
+def fisher_diagonal(
+    objective, params, data, key, estimator: str = "exact", num_samples: int | None = None
+):
+    """Diagonal Fisher of `objective` at `params`, averaged over the valid examples of `data`
+    (or over a random subset of `num_samples` of them)."""
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"unknown Fisher estimator {estimator!r}; choose one of {ESTIMATORS}")
+    lik = objective.likelihood
+    n = data["x"].shape[0]
+    weight = data["weight"]
+    pick_key, sample_key = jax.random.split(key)
+    if num_samples is not None and num_samples < n:
+        # A random subset of the valid examples: padding sorts last.
+        order = jnp.argsort(jax.random.uniform(pick_key, (n,)) + (weight <= 0))
+        data = jax.tree.map(lambda a: a[order[:num_samples]], data)
+        n = num_samples
+    num_params = sum(p.size for p in jax.tree.leaves(params))
+    num_scores = objective.label_masks.shape[-1] if estimator == "exact" else 1
+    chunk = int(max(1, min(n, _CHUNK_FLOATS // (num_params * num_scores))))
+    pad = -n % chunk
+    data = jax.tree.map(lambda a: jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1)), data)
+    keys = jax.random.split(sample_key, n + pad)
+
+    def example_fisher(x, y, task, k):
+        mask = objective.label_masks[task]
+
+        def out_fn(p):
+            return objective.apply(p, x[None])[0]
+
+        if estimator == "exact":
+
+            def scores(p):
+                return lik.scores(out_fn(p), mask)
+
+            jac, w_K = jax.jacrev(scores, has_aux=True)(params)
+            return jax.tree.map(lambda j: jnp.tensordot(w_K, j**2, axes=1), jac)
+        if estimator == "sampled":
+            y = lik.sample(k, jax.lax.stop_gradient(out_fn(params)), mask)
+        g = jax.grad(lambda p: lik.nll(out_fn(p), y, mask))(params)
+        return jax.tree.map(jnp.square, g)
+
+    def add_chunk(total, rows):
+        d, k = rows
+        f = jax.vmap(example_fisher)(d["x"], d["y"], d["task"], k)
+        return jax.tree.map(
+            lambda t, fi: t + jnp.tensordot(d["weight"], fi, axes=1), total, f
+        ), None
+
+    chunks = jax.tree.map(lambda a: a.reshape(-1, chunk, *a.shape[1:]), (data, keys))
+    total, _ = jax.lax.scan(add_chunk, jax.tree.map(jnp.zeros_like, params), chunks)
+    count = jnp.maximum(jnp.sum(data["weight"]), 1e-12)
+    return jax.tree.map(lambda t: t / count, total)
+
+
+def ewc(
+    objective,
+    strength: float = 1.0,
+    estimator: str = "exact",
+    mode: str = "separate",
+    gamma: float = 1.0,
+    num_tasks: int = 1,
+    num_samples: int | None = None,
+):
+    """EWC regulariser; `num_tasks` sizes the separate-mode slots (one per task of the stream)."""
+    check_nonnegative(strength=strength, gamma=gamma)
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"unknown Fisher estimator {estimator!r}; choose one of {ESTIMATORS}")
+    if mode not in MODES:
+        raise ValueError(f"unknown EWC mode {mode!r}; choose one of {MODES}")
+    if not isinstance(num_tasks, int) or num_tasks < 1:
+        raise ValueError(f"num_tasks must be a positive integer, got {num_tasks!r}")
+    if num_samples is not None and (not isinstance(num_samples, int) or num_samples < 1):
+        raise ValueError(f"num_samples must be a positive integer or None, got {num_samples!r}")
+    slots = num_tasks if mode == "separate" else None
+
+    def init(params):
+        def zeros(p):
+            return jnp.zeros(p.shape if slots is None else (slots, *p.shape), p.dtype)
+
+        return EWCState(
+            jnp.asarray(strength, jnp.float32),
+            jnp.asarray(gamma, jnp.float32),
+            jax.tree.map(zeros, params),
+            jax.tree.map(zeros, params),
+            jnp.zeros((), jnp.int32),
+        )
+
+    def penalty(params, state, batch, key):
+        if slots is None:
+            return state.strength * quadratic(params, state.anchor, state.fisher), {}
+        per_slot = jax.vmap(quadratic, in_axes=(None, 0, 0))(params, state.anchor, state.fisher)
+        return state.strength * jnp.sum(per_slot), {}
+
+    def consolidate(state, params, data, key):
+        fisher = fisher_diagonal(objective, params, data, key, estimator, num_samples)
+        if slots is None:
+            new_fisher = jax.tree.map(lambda old, f: state.gamma * old + f, state.fisher, fisher)
+            return state._replace(fisher=new_fisher, anchor=params, count=state.count + 1)
+        slot = jnp.minimum(state.count, slots - 1)
+
+        def put(stack, value):
+            return jax.lax.dynamic_update_index_in_dim(stack, value, slot, 0)
+
+        return state._replace(
+            fisher=jax.tree.map(put, state.fisher, fisher),
+            anchor=jax.tree.map(put, state.anchor, params),
+            count=state.count + 1,
+        )
+
+    return regulariser("ewc", init, penalty, consolidate=consolidate)

@@ -1,0 +1,118 @@
+"""Run directories and their files: config.json, results.json per method, curves.csv, comparison.
+
+Layout of `runs/<experiment>/<stamp>/`:
+  config.json            the full config the run used
+  comparison.json        every method's summary, in run order
+  <method>/results.json  the Results schema (tasks, metric, matrix, summary, curves, timing, ...)
+  <method>/curves.csv    step, training_task, one column per task
+  plots/*.png
+Every file is written to a temporary name and renamed, so none is ever half-written.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from continual.types import Results
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Writes `text` to `path` through a temporary file in the same directory and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp creates 0600; give the file normal permissions
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, obj) -> None:
+    write_atomic(path, json.dumps(obj, indent=1, ensure_ascii=False) + "\n")
+
+
+def curves_csv(results: Results) -> str:
+    """The within-task curves as CSV text: step, training_task, one column per task."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["step", "training_task", *results.tasks])
+    c = results.curves
+    for step, task, values in zip(c["step"], c["training_task"], c["values"], strict=True):
+        w.writerow([step, task, *(f"{v:.6g}" for v in values)])
+    return buf.getvalue()
+
+
+def save_results(run_dir: Path, results: Results) -> None:
+    """Writes <run_dir>/<method>/results.json and curves.csv."""
+    write_json(run_dir / results.method / "results.json", results.to_json())
+    write_atomic(run_dir / results.method / "curves.csv", curves_csv(results))
+
+
+def save_comparison(run_dir: Path, all_results: dict[str, Results]) -> None:
+    """Writes comparison.json: each method's summary and final row, in run order."""
+    write_json(
+        run_dir / "comparison.json",
+        {
+            name: {"summary": r.summary, "final": r.matrix[-1], "metric": r.metric}
+            for name, r in all_results.items()
+        },
+    )
+
+
+def load_run(run_dir: str | Path) -> dict[str, Results]:
+    """Every method's Results in a run directory, in the order comparison.json lists them."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run directory {str(run_dir)!r} does not exist")
+    order_file = run_dir / "comparison.json"
+    names = (
+        list(json.loads(order_file.read_text()))
+        if order_file.exists()
+        else sorted(p.parent.name for p in run_dir.glob("*/results.json"))
+    )
+    if not names:
+        raise FileNotFoundError(f"{str(run_dir)!r} holds no results (no */results.json)")
+    out = {}
+    for name in names:
+        path = run_dir / name / "results.json"
+        try:
+            out[name] = Results.from_json(json.loads(path.read_text()))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"cannot read {path}: {e}") from None
+    return out
+
+
+def format_table(all_results: dict[str, Results]) -> str:
+    """A fixed-width table: method, final metric per task, average, forgetting, BWT, FWT."""
+    first = next(iter(all_results.values()))
+    tasks = first.tasks
+    head = ["method", *tasks, "average", "forgetting", "bwt", "fwt"]
+    rows = [head]
+    for name, r in all_results.items():
+        s = r.summary
+        cells = [name, *(f"{v:.4g}" for v in r.matrix[-1])]
+        cells += [
+            "-" if s.get(k) is None else f"{s[k]:.4g}"
+            for k in ("average", "forgetting", "bwt", "fwt")
+        ]
+        rows.append(cells)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+
+    def line(cells):
+        pairs = enumerate(zip(cells, widths, strict=True))
+        padded = [c.rjust(w) if i else c.ljust(w) for i, (c, w) in pairs]
+        return "  ".join(padded)
+
+    lines = [line(r) for r in rows]
+    better = "higher" if first.higher_is_better else "lower"
+    return f"final {first.metric} per task ({better} is better)\n" + "\n".join(lines)

@@ -1,0 +1,158 @@
+"""Training: one pure step, a chunk of steps as lax.scan, and the loop over a task's chunks.
+
+Nothing here is jitted or reads config: the runner jits `make_chunk` once, with donation, and the
+same compiled program serves every task (the task index and freeze mask are values, not shapes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from continual.evaluate import evaluate_tasks
+from continual.losses import Objective
+from continual.regularisers import Regulariser
+from continual.types import TaskData, TrainState
+
+OPTIMIZERS = {"sgd": optax.sgd, "adam": optax.adam, "adamw": optax.adamw}
+
+
+class DivergenceError(RuntimeError):
+    """The training loss became non-finite; names the task and step."""
+
+    def __init__(self, task: str, step: int, last_finite: float | None):
+        self.task, self.step, self.last_finite = task, step, last_finite
+        super().__init__(
+            f"non-finite loss on task {task!r} at step {step} (last finite loss: {last_finite})"
+        )
+
+
+def make_optimizer(name: str, learning_rate: float, **kwargs) -> optax.GradientTransformation:
+    """An optax optimizer whose float hyperparameters (learning rate, momentum, ...) are state
+    leaves (`optax.inject_hyperparams`), so a sweep can stack them."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+    if not learning_rate > 0:
+        raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
+    return optax.inject_hyperparams(OPTIMIZERS[name])(learning_rate=learning_rate, **kwargs)
+
+
+def reset_optimizer(optimizer, state: TrainState) -> TrainState:
+    """Fresh optimizer moments for a new task, keeping the injected hyperparameter values."""
+    fresh = optimizer.init(state.params)
+    return state._replace(opt_state=fresh._replace(hyperparams=state.opt_state.hyperparams))
+
+
+def init_state(params, optimizer, regulariser: Regulariser, key) -> TrainState:
+    """The train state at step 0."""
+    return TrainState(
+        jnp.zeros((), jnp.int32), params, optimizer.init(params), regulariser.init(params), key
+    )
+
+
+def sample_batch(data: TaskData, task, key, batch_size: int) -> dict:
+    """`batch_size` examples of `task`, drawn uniformly with replacement; 0 means all of them."""
+    if batch_size == 0:
+        return data.task_batch(task)
+    idx = jax.random.randint(key, (batch_size,), 0, data.n[task])
+    return {
+        "x": data.x[task, idx],
+        "y": data.y[task, idx],
+        "task": data.task[task, idx],
+        "weight": jnp.ones((batch_size,), jnp.float32),
+    }
+
+
+def make_train_step(objective: Objective, optimizer, regulariser: Regulariser) -> Callable:
+    """Returns the pure step(state, batch, trainable) -> (state, metrics).
+
+    `trainable` is a params-shaped pytree of 0/1 scalars: frozen leaves receive no update.
+    """
+
+    def step(state: TrainState, batch, trainable):
+        key = jax.random.fold_in(jax.random.fold_in(state.key, 0), state.step)
+        k_penalty, k_transform, k_observe = jax.random.split(key, 3)
+
+        def total_loss(params):
+            loss = objective.loss(params, batch)
+            pen, metrics = regulariser.penalty(params, state.reg_state, batch, k_penalty)
+            return loss + pen, (loss, pen, metrics)
+
+        grads, (loss, pen, metrics) = jax.grad(total_loss, has_aux=True)(state.params)
+        grads = regulariser.transform(grads, state.params, state.reg_state, batch, k_transform)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        updates = jax.tree.map(lambda u, t: u * t.astype(u.dtype), updates, trainable)
+        params = optax.apply_updates(state.params, updates)
+        reg_state = regulariser.observe(state.reg_state, state.params, grads, batch, k_observe)
+        new = TrainState(state.step + 1, params, opt_state, reg_state, state.key)
+        return new, {"loss": loss, "penalty": pen, **metrics}
+
+    return step
+
+
+def make_chunk(
+    objective: Objective, optimizer, regulariser: Regulariser, batch_size: int, num_steps: int
+) -> Callable:
+    """Returns the pure chunk(state, train, test, task, trainable) -> (state, losses, values):
+    `num_steps` steps on task `task` as one lax.scan, then the metric on every task's test split."""
+    step = make_train_step(objective, optimizer, regulariser)
+
+    def chunk(state: TrainState, train: TaskData, test: TaskData, task, trainable):
+        def body(s, _):
+            key = jax.random.fold_in(jax.random.fold_in(s.key, 2), s.step)
+            batch = sample_batch(train, task, key, batch_size)
+            s, metrics = step(s, batch, trainable)
+            return s, metrics["loss"] + metrics["penalty"]
+
+        state, losses = jax.lax.scan(body, state, None, length=num_steps)
+        return state, losses, evaluate_tasks(objective, state.params, test)
+
+    return chunk
+
+
+def make_consolidate(regulariser: Regulariser) -> Callable:
+    """Returns the pure consolidate(state, train, task) -> state run at the end of a task."""
+
+    def consolidate(state: TrainState, train: TaskData, task):
+        key = jax.random.fold_in(jax.random.fold_in(state.key, 1), task)
+        reg_state = regulariser.consolidate(
+            state.reg_state, state.params, train.task_batch(task), key
+        )
+        return state._replace(reg_state=reg_state)
+
+    return consolidate
+
+
+def train_task(
+    chunk_fn: Callable,
+    state: TrainState,
+    train: TaskData,
+    test: TaskData,
+    task: int,
+    trainable,
+    num_chunks: int,
+    task_name: str = "",
+    on_chunk: Callable | None = None,
+):
+    """Runs `num_chunks` compiled chunks on one task; returns the state and the metric on every
+    task after each chunk, shape (num_chunks, T). Raises DivergenceError on a non-finite loss."""
+    values, last_finite = [], None
+    for _ in range(num_chunks):
+        start = int(state.step)
+        state, losses, metric_T = chunk_fn(state, train, test, task, trainable)
+        losses = np.asarray(losses)
+        bad = ~np.isfinite(losses)
+        if bad.any():
+            first = int(np.argmax(bad))
+            if first:
+                last_finite = float(losses[first - 1])
+            raise DivergenceError(task_name or str(task), start + first, last_finite)
+        last_finite = float(losses[-1])
+        values.append(np.asarray(metric_T))
+        if on_chunk is not None:
+            on_chunk(len(losses))
+    return state, np.stack(values)

@@ -1,0 +1,2 @@
+"""Experiment configs: one module per experiment, each with get_config(arg) (installed as
+continual.experiments)."""
