@@ -187,6 +187,22 @@ def train_settings(config: dict) -> dict:
     }
 
 
+def _finish_task(method: Method, reset: bool, probes):
+    """The work between tasks as one pure function: predictions on the probes, consolidation,
+    and (if asked) fresh optimizer moments for the next task."""
+    consolidate = make_consolidate(method.regulariser)
+
+    def finish(state, train, task):
+        out = method.objective.apply(state.params, probes)
+        if not method.joint:
+            state = consolidate(state, train, task)
+        if reset:
+            state = reset_optimizer(method.optimizer, state)
+        return state, out
+
+    return finish
+
+
 def run_method(
     method: Method,
     config: dict,
@@ -196,50 +212,43 @@ def run_method(
     key,
     on_steps=None,
 ) -> Results:
-    """Trains one method through the stream and returns its Results."""
+    """Trains one method through the stream and returns its Results.
+
+    Everything that runs on device is compiled ahead of time, before the first step, and the same
+    executables serve every task.
+    """
     ts = train_settings(config)
     reset = bool(section(config, "optimizer").get("reset_per_task", False))
     data = union(train) if method.joint else train
     num_steps = ts["steps"] * (len(stream.tasks) if method.joint else 1)
-    chunk = make_chunk(
-        method.objective, method.optimizer, method.regulariser, ts["batch_size"], ts["eval_every"]
-    )
+    probes = jnp.zeros((1, *stream.input_shape)) if stream.probes is None else stream.probes
     # A private copy: the compiled chunks donate (consume) their input state.
     state = jax.tree.map(
         jnp.copy, init_state(method.params, method.optimizer, method.regulariser, key)
     )
     trainable = _trainable(state.params, method.freeze, False)
+    task0 = jnp.int32(0)
     t0 = time.perf_counter()
-    args = (state, data, test, jnp.int32(0), trainable)
-    chunk_fn = jax.jit(chunk, donate_argnums=0).lower(*args).compile()
-    consolidate_fn = (
-        jax.jit(make_consolidate(method.regulariser), donate_argnums=0)
-        .lower(state, train, jnp.int32(0))
-        .compile()
+    chunk = make_chunk(
+        method.objective, method.optimizer, method.regulariser, ts["batch_size"], ts["eval_every"]
     )
-    initial = np.asarray(
-        jax.jit(functools.partial(evaluate_tasks, method.objective))(state.params, test)
-    )
+    chunk_fn = jax.jit(chunk, donate_argnums=0).lower(state, data, test, task0, trainable)
+    finish_fn = jax.jit(_finish_task(method, reset, jnp.asarray(probes)), donate_argnums=0)
+    finish_fn = finish_fn.lower(state, train, task0)
+    eval_fn = jax.jit(functools.partial(evaluate_tasks, method.objective)).lower(state.params, test)
+    chunk_fn, finish_fn, eval_fn = chunk_fn.compile(), finish_fn.compile(), eval_fn.compile()
     compile_s = time.perf_counter() - t0
 
+    t0 = time.perf_counter()
+    initial = np.asarray(eval_fn(state.params, test))
     rows = ["joint"] if method.joint else stream.task_names
     matrix, params_log, probes_log = [], [], []
     curves = {"step": [0], "training_task": [0], "values": [initial.tolist()]}
-    t0 = time.perf_counter()
     for row, row_name in enumerate(rows):
-        if row and reset:
-            state = reset_optimizer(method.optimizer, state)
         trainable = _trainable(state.params, method.freeze, row > 0)
+        num_chunks = num_steps // ts["eval_every"]
         state, values = train_task(
-            chunk_fn,
-            state,
-            data,
-            test,
-            jnp.int32(row),
-            trainable,
-            num_steps // ts["eval_every"],
-            row_name,
-            on_steps,
+            chunk_fn, state, data, test, jnp.int32(row), trainable, num_chunks, row_name, on_steps
         )
         matrix.append(values[-1].tolist())
         for i, v in enumerate(values):
@@ -248,11 +257,9 @@ def run_method(
             curves["values"].append(v.tolist())
         if ts["record_params"]:
             params_log.append(_to_list(state.params))
+        state, out = finish_fn(state, train, jnp.int32(row))
         if stream.probes is not None:
-            out = method.objective.apply(state.params, jnp.asarray(stream.probes))
             probes_log.append(np.asarray(out).tolist())
-        if not method.joint:
-            state = consolidate_fn(state, train, jnp.int32(row))
     jax.block_until_ready(state)
     lik = method.objective.likelihood
     return Results(

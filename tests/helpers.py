@@ -1,0 +1,38 @@
+"""Small builders shared by the tests."""
+
+import copy
+
+import jax
+
+from continual import runner
+from continual.experiments import linear_toy
+
+
+def toy_config(tasks=None, steps=400, methods=None, **regs):
+    """The linear toy config, shrunk: `tasks` replaces the article's points, `regs` the
+    regulariser hyperparameters, `methods` the methods to run."""
+    config = copy.deepcopy(linear_toy.get_config())
+    if tasks is not None:
+        config["stream"]["tasks"] = tasks
+    config["train"].update(steps=steps, eval_every=steps // 4)
+    for name, hyper in regs.items():
+        config["regularisers"][name].update(hyper)
+    if methods is not None:
+        config["run"] = list(methods)
+    return config
+
+
+def final_params(results):
+    """(a, b) of the linear toy after the last task."""
+    layer = results.params[-1]["params"]["linear"]
+    return layer["kernel"][0][0], layer["bias"][0]
+
+
+def run(config, methods=None):
+    return runner.run(config, methods)[1]
+
+
+def leaves_close(a, b, tol=1e-6):
+    return all(
+        abs(x - y).max() <= tol for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    )

@@ -1,0 +1,169 @@
+"""The `continual` command end to end, and its one-line errors for bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from continual.cli import main
+
+FAST = ["--set", "train.steps=200", "--set", "train.eval_every=50", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    assert main(["run", "linear_toy", "--out", str(out), *FAST]) == 0
+    (path,) = (out / "linear_toy").iterdir()
+    return path
+
+
+def test_run_writes_the_documented_layout(run_dir):
+    methods = ["article", "naive", "l2", "ewc", "replay", "joint"]
+    assert json.loads((run_dir / "config.json").read_text())["train"]["steps"] == 200
+    assert list(json.loads((run_dir / "comparison.json").read_text())) == methods
+    for m in methods:
+        r = json.loads((run_dir / m / "results.json").read_text())
+        for key in ("tasks", "metric", "matrix", "summary", "curves", "timing"):
+            assert key in r, (m, key)
+        assert r["tasks"] == ["A", "B"] and r["metric"] == "mse"
+        assert set(r["summary"]) == {"average", "forgetting", "bwt", "fwt"}
+        lines = (run_dir / m / "curves.csv").read_text().splitlines()
+        assert lines[0] == "step,training_task,A,B" and len(lines) == len(r["curves"]["step"]) + 1
+    for name in ("matrix.png", "curves.png", "lines.png"):
+        assert (run_dir / "plots" / name).stat().st_size > 10_000
+    assert not list(run_dir.rglob("*.tmp"))
+
+
+def test_run_prints_the_table_and_the_article_line(tmp_path, capsys):
+    argv = ["run", "linear_toy", "--out", str(tmp_path), "--method", "article", "--no-plots"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "final mse per task (lower is better)" in out
+    assert "gives b = 9.0000" in out and "11.0000 and 12.0000" in out
+    (path,) = (tmp_path / "linear_toy").iterdir()
+    assert [p.name for p in path.iterdir() if p.is_dir()] == ["article"]
+
+
+def test_plot_redraws_a_run(run_dir, capsys):
+    for png in (run_dir / "plots").iterdir():
+        png.unlink()
+    assert main(["plot", str(run_dir)]) == 0
+    assert {p.name for p in (run_dir / "plots").iterdir()} == {
+        "matrix.png",
+        "curves.png",
+        "lines.png",
+    }
+
+
+def test_list_names_experiments_and_regularisers(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "linear_toy" in out and "ewc" in out and "replay" in out
+
+
+BAD = {
+    "unknown experiment": (["run", "nope"], "unknown experiment 'nope'"),
+    "unknown method": (["run", "linear_toy", "--method", "nope"], "unknown method 'nope'"),
+    "unknown regulariser": (
+        ["run", "linear_toy", "--set", "methods.ewc.use=nope"],
+        "unknown regulariser 'nope'",
+    ),
+    "unknown key": (
+        ["run", "linear_toy", "--set", "train.nope=1"],
+        "unknown config key 'train.nope'",
+    ),
+    "unknown section": (["run", "linear_toy", "--set", "nope.x=1"], "unknown config key"),
+    "wrong type": (
+        ["run", "linear_toy", "--set", "train.steps=many"],
+        "train.steps must be an integer",
+    ),
+    "float for int": (
+        ["run", "linear_toy", "--set", "train.steps=2.5"],
+        "train.steps must be an integer",
+    ),
+    "negative strength": (
+        ["run", "linear_toy", "--set", "regularisers.ewc.strength=-1"],
+        "strength must be >= 0",
+    ),
+    "negative l2": (
+        ["run", "linear_toy", "--set", "regularisers.l2.strength=-0.5"],
+        "strength must be >= 0",
+    ),
+    "zero steps": (["run", "linear_toy", "--set", "train.steps=0"], "train.steps must be >= 1"),
+    "bad estimator": (
+        ["run", "linear_toy", "--set", "regularisers.ewc.estimator=guess"],
+        "unknown Fisher estimator 'guess'",
+    ),
+    "bad optimizer": (
+        ["run", "linear_toy", "--set", "optimizer.name=magic"],
+        "unknown optimizer 'magic'",
+    ),
+    "bad model": (["run", "linear_toy", "--set", "model.name=resnet"], "unknown model 'resnet'"),
+    "not key=value": (["run", "linear_toy", "--set", "train.steps"], "not of the form key=value"),
+    "missing run dir": (["plot", "/nonexistent/run"], "does not exist"),
+    "unknown command": (["fly"], "invalid choice"),
+}
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_bad_input_is_one_line_exit_2_nothing_written(case, tmp_path, capsys):
+    argv, message = BAD[case]
+    if argv[0] == "run":
+        argv = [*argv, "--out", str(tmp_path / "runs")]
+    with pytest.raises(SystemExit) if case == "unknown command" else _nothing():
+        code = main(argv)
+        assert code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("continual: error: "), err
+    assert message in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_read_only_output_directory(tmp_path, capsys):
+    if os.geteuid() == 0:
+        blocker = tmp_path / "file"  # root ignores permissions: a file where a folder must go
+        blocker.write_text("")
+        out = blocker
+    else:
+        out = tmp_path / "ro"
+        out.mkdir()
+        out.chmod(0o500)
+    assert main(["run", "linear_toy", "--out", str(out), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot create run directory" in err
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_console_script_in_a_subprocess(tmp_path):
+    cmd = [
+        sys.executable,
+        "-m",
+        "continual.cli",
+        "run",
+        "linear_toy",
+        "--out",
+        str(tmp_path),
+        "--method",
+        "article",
+        "--no-plots",
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "b = 9.0000" in done.stdout
+    bad = subprocess.run(
+        [sys.executable, "-m", "continual.cli", "run", "nope"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert bad.returncode == 2 and bad.stderr.strip().startswith("continual: error: unknown")

@@ -1,0 +1,58 @@
+"""Continual-learning metrics on hand-made matrices, off-by-one traps included."""
+
+import pytest
+
+from continual.evaluate import summarize
+
+# matrix[i][j]: accuracy on task j after training task i.
+M = [
+    [0.9, 0.1, 0.2],
+    [0.6, 0.8, 0.3],
+    [0.5, 0.7, 0.95],
+]
+INITIAL = [0.1, 0.2, 0.25]
+
+
+def test_average_is_the_final_row_mean():
+    assert summarize(M)["average"] == pytest.approx((0.5 + 0.7 + 0.95) / 3)
+
+
+def test_bwt_averages_over_the_first_t_minus_1_tasks():
+    # (0.5 - 0.9) and (0.7 - 0.8): the last task has no backward transfer and is not counted.
+    assert summarize(M)["bwt"] == pytest.approx(((0.5 - 0.9) + (0.7 - 0.8)) / 2)
+
+
+def test_forgetting_uses_the_best_earlier_value_and_excludes_the_last_task():
+    # Task 0: best of rows 0..1 is 0.9, final 0.5 -> 0.4; task 1: best of row 1 is 0.8 -> 0.1.
+    assert summarize(M)["forgetting"] == pytest.approx((0.4 + 0.1) / 2)
+
+
+def test_forgetting_uses_the_maximum_not_the_diagonal():
+    m = [[0.5, 0.0], [0.9, 0.0]]
+    m3 = [[0.5, 0.0, 0.0], [0.9, 0.0, 0.0], [0.6, 0.0, 0.0]]
+    # T = 2 counts task 0 only: its best before the last row is 0.5 and it ends at 0.9.
+    assert summarize(m)["forgetting"] == pytest.approx(0.5 - 0.9)
+    s = summarize(m3)
+    assert s["forgetting"] == pytest.approx(((0.9 - 0.6) + 0.0) / 2)
+    assert s["bwt"] == pytest.approx(((0.6 - 0.5) + 0.0) / 2)
+
+
+def test_fwt_compares_before_training_with_the_untrained_model():
+    # Task 1 before its training (row 0): 0.1 vs initial 0.2; task 2 (row 1): 0.3 vs 0.25.
+    assert summarize(M, INITIAL)["fwt"] == pytest.approx(((0.1 - 0.2) + (0.3 - 0.25)) / 2)
+    assert summarize(M)["fwt"] is None
+
+
+def test_lower_is_better_flips_signs_so_meanings_stay():
+    errors = [[0.1, 5.0], [2.0, 0.2]]
+    s = summarize(errors, [9.0, 8.0], higher_is_better=False)
+    assert s["average"] == pytest.approx(1.1)
+    assert s["forgetting"] == pytest.approx(1.9)  # error on task 0 grew from 0.1 to 2.0
+    assert s["bwt"] == pytest.approx(-1.9)  # old task got worse
+    assert s["fwt"] == pytest.approx(3.0)  # task 1 error 5.0 before training vs 8.0 untrained
+
+
+def test_single_task_and_joint_rows_define_only_the_average():
+    assert summarize([[0.7]]) == {"average": 0.7, "forgetting": None, "bwt": None, "fwt": None}
+    s = summarize([[0.8, 0.6, 0.7]], INITIAL)
+    assert s["average"] == pytest.approx(0.7) and s["bwt"] is None and s["forgetting"] is None

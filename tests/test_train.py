@@ -1,0 +1,147 @@
+"""The compiled training path: no recompilation across tasks, divergence, freezing, streams."""
+
+import copy
+
+import jax
+import numpy as np
+import pytest
+
+from continual import runner
+from continual.streams import split_blobs
+from continual.train import DivergenceError
+
+from helpers import run, toy_config
+
+
+class CompileCounter:
+    """Counts XLA backend compilations while active."""
+
+    def __init__(self):
+        self.count = 0
+        self.active = False
+        jax.monitoring.register_event_duration_secs_listener(self._listen)
+
+    def _listen(self, event, duration, **kwargs):
+        if self.active and event == "/jax/core/compile/backend_compile_duration":
+            self.count += 1
+
+
+COUNTER = CompileCounter()
+
+
+def test_nothing_compiles_after_the_first_chunk():
+    # Three tasks of different sizes: every task switch changes values (task index, sizes,
+    # freeze mask), never shapes, so the executables compiled before the first step serve all.
+    config = toy_config(tasks=(((1.0, 2.0),), ((2.0, 1.0), (0.0, 1.0)), ((3.0, 0.5),)), steps=40)
+    p = runner.plan(config)
+    counts = []
+    COUNTER.count, COUNTER.active = 0, True
+    try:
+        runner.execute(
+            p,
+            on_steps=lambda n: counts.append(COUNTER.count),
+            on_result=lambda r: counts.append(("done", COUNTER.count)),
+        )
+    finally:
+        COUNTER.active = False
+    per_method, current = [], []
+    for c in counts:
+        if isinstance(c, tuple):
+            per_method.append([*current, c[1]])
+            current = []
+        else:
+            current.append(c)
+    assert len(per_method) == len(p.methods)
+    for seen in per_method:
+        assert len(set(seen)) == 1, seen  # no compilation between first chunk and method end
+
+
+def test_non_finite_loss_names_the_task_and_step():
+    config = toy_config(tasks=(((1.0, 2.0),), ((2.0, 1.0),)), steps=40, methods=["naive"])
+    config["optimizer"].update(learning_rate=50.0, momentum=0.0)
+    with pytest.raises(DivergenceError) as err:
+        run(config)
+    assert err.value.task == "A" and 0 < err.value.step < 40
+    assert "non-finite loss on task 'A' at step" in str(err.value)
+    assert err.value.last_finite is not None and np.isfinite(err.value.last_finite)
+
+
+def test_freeze_applies_after_the_first_task_only():
+    config = toy_config(steps=200, methods=["article"])
+    r = run(config)["article"]
+    a0 = r.params[0]["params"]["linear"]["kernel"][0][0]
+    a1 = r.params[1]["params"]["linear"]["kernel"][0][0]
+    assert a0 != 0.0 and a1 == a0
+
+
+def test_same_seed_same_numbers_other_seed_other_numbers():
+    config = blobs_config(["naive"])
+    first, again = run(config)["naive"], run(config)["naive"]
+    assert first.matrix == again.matrix and first.curves == again.curves
+    other = copy.deepcopy(config)
+    other["seed"] = 1
+    assert run(other)["naive"].matrix != first.matrix
+
+
+def blobs_config(methods, scenario="task"):
+    return {
+        "seed": 0,
+        "stream": {
+            "name": "split_blobs",
+            "num_tasks": 3,
+            "num_classes": 6,
+            "dim": 8,
+            "train_per_class": 30,
+            "test_per_class": 20,
+            "scenario": scenario,
+        },
+        "model": {"name": "mlp", "widths": [32]},
+        "optimizer": {"name": "adam", "learning_rate": 0.01},
+        "train": {"steps": 60, "batch_size": 16, "eval_every": 20},
+        "regularisers": {
+            "ewc": {"strength": 100.0},
+            "l2": {"strength": 1.0},
+            "replay": {"capacity": 30, "batch_size": 16},
+        },
+        "methods": {
+            "naive": {},
+            "ewc": {"use": ["ewc"]},
+            "replay": {"use": ["replay"]},
+            "ewc+replay": {"use": ["ewc", "replay"]},
+            "joint": {"joint": True},
+        },
+        "run": methods,
+    }
+
+
+@pytest.mark.parametrize("scenario", ["task", "class", "domain"])
+def test_classification_stream_runs_every_method(scenario):
+    results = run(blobs_config(["naive", "ewc", "replay", "ewc+replay", "joint"], scenario))
+    for name, r in results.items():
+        m = np.asarray(r.matrix)
+        assert m.shape == ((1, 3) if name == "joint" else (3, 3)), name
+        assert ((m >= 0) & (m <= 1)).all() and r.metric == "accuracy"
+    naive = np.asarray(results["naive"].matrix)
+    assert naive[np.arange(3), np.arange(3)].min() > 0.6  # each task is learned when trained
+    if scenario == "class":  # a single head without task identity forgets the old classes
+        assert naive[2, 0] < 0.3 and results["replay"].matrix[2][0] > naive[2, 0]
+
+
+def test_split_scenarios_label_masks_and_relabelling():
+    task = split_blobs(num_tasks=2, num_classes=4, scenario="task")
+    assert task.num_outputs == 4 and task.tasks[1].label_mask.tolist() == [0, 0, 1, 1]
+    cls = split_blobs(num_tasks=2, num_classes=4, scenario="class")
+    assert cls.tasks[1].label_mask.all() and set(cls.tasks[1].train["y"]) == {2, 3}
+    dom = split_blobs(num_tasks=2, num_classes=4, scenario="domain")
+    assert dom.num_outputs == 2 and set(dom.tasks[1].train["y"]) == {0, 1}
+    with pytest.raises(ValueError, match="scenario"):
+        split_blobs(scenario="nope")
+    with pytest.raises(ValueError, match="equal tasks"):
+        split_blobs(num_tasks=3, num_classes=4)
+
+
+def test_plan_checks_everything_before_running():
+    config = blobs_config(["naive"])
+    config["train"]["eval_every"] = 7
+    with pytest.raises(ValueError, match=r"multiple of train\.eval_every"):
+        runner.plan(config)
