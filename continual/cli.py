@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -64,13 +65,27 @@ def _plots(module, stream, all_results, run_dir: Path) -> list[Path]:
     return paths
 
 
+def _enable_compilation_cache() -> None:
+    """Keeps compiled programs on disk ($CONTINUAL_CACHE/jax, default ~/.cache/continual/jax),
+    so that a second run of the same experiment skips XLA compilation. CONTINUAL_CACHE=off
+    turns it off."""
+    import jax
+
+    root = os.environ.get("CONTINUAL_CACHE", str(Path.home() / ".cache" / "continual"))
+    if root.lower() == "off":
+        return
+    jax.config.update("jax_compilation_cache_dir", str(Path(root) / "jax"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
 def _run(args) -> int:
-    import jax  # noqa: F401  (imported here so that `continual list` stays fast)
 
     from continual import results as res
     from continual import runner
     from continual.config import apply_overrides, load_experiment
 
+    _enable_compilation_cache()
     module = load_experiment(args.experiment)
     config = apply_overrides(module.get_config(args.arg), args.overrides)
     plan = runner.plan(config, args.methods)

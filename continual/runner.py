@@ -11,7 +11,7 @@ import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -30,7 +30,7 @@ from continual.train import (
     reset_optimizer,
     train_task,
 )
-from continual.types import Results, Stream, TaskData, stack_tasks, union
+from continual.types import Results, Stream, TaskData, TrainState, stack_tasks, union
 
 METHOD_KEYS = {"use": list, "joint": bool, "freeze": list}
 
@@ -120,7 +120,7 @@ class Method:
 @functools.lru_cache(maxsize=8)
 def _init_cached(model, key_data: bytes, shape: tuple, dtype: str):
     key = jax.random.wrap_key_data(jnp.asarray(np.frombuffer(key_data, np.uint32)))
-    return model.init(key, jnp.zeros(shape, dtype))
+    return jax.jit(model.init)(key, jnp.zeros(shape, dtype))
 
 
 def _init_params(model, key, x):
@@ -203,81 +203,6 @@ def _finish_task(method: Method, reset: bool, probes):
     return finish
 
 
-def run_method(
-    method: Method,
-    config: dict,
-    stream: Stream,
-    train: TaskData,
-    test: TaskData,
-    key,
-    on_steps=None,
-) -> Results:
-    """Trains one method through the stream and returns its Results.
-
-    Everything that runs on device is compiled ahead of time, before the first step, and the same
-    executables serve every task.
-    """
-    ts = train_settings(config)
-    reset = bool(section(config, "optimizer").get("reset_per_task", False))
-    data = union(train) if method.joint else train
-    num_steps = ts["steps"] * (len(stream.tasks) if method.joint else 1)
-    probes = jnp.zeros((1, *stream.input_shape)) if stream.probes is None else stream.probes
-    # A private copy: the compiled chunks donate (consume) their input state.
-    state = jax.tree.map(
-        jnp.copy, init_state(method.params, method.optimizer, method.regulariser, key)
-    )
-    trainable = _trainable(state.params, method.freeze, False)
-    task0 = jnp.int32(0)
-    t0 = time.perf_counter()
-    chunk = make_chunk(
-        method.objective, method.optimizer, method.regulariser, ts["batch_size"], ts["eval_every"]
-    )
-    chunk_fn = jax.jit(chunk, donate_argnums=0).lower(state, data, test, task0, trainable)
-    finish_fn = jax.jit(_finish_task(method, reset, jnp.asarray(probes)), donate_argnums=0)
-    finish_fn = finish_fn.lower(state, train, task0)
-    eval_fn = jax.jit(functools.partial(evaluate_tasks, method.objective)).lower(state.params, test)
-    chunk_fn, finish_fn, eval_fn = chunk_fn.compile(), finish_fn.compile(), eval_fn.compile()
-    compile_s = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    initial = np.asarray(eval_fn(state.params, test))
-    rows = ["joint"] if method.joint else stream.task_names
-    matrix, params_log, probes_log = [], [], []
-    curves = {"step": [0], "training_task": [0], "values": [initial.tolist()]}
-    for row, row_name in enumerate(rows):
-        trainable = _trainable(state.params, method.freeze, row > 0)
-        num_chunks = num_steps // ts["eval_every"]
-        state, values = train_task(
-            chunk_fn, state, data, test, jnp.int32(row), trainable, num_chunks, row_name, on_steps
-        )
-        matrix.append(values[-1].tolist())
-        for i, v in enumerate(values):
-            curves["step"].append(int(row * num_steps + (i + 1) * ts["eval_every"]))
-            curves["training_task"].append(row)
-            curves["values"].append(v.tolist())
-        if ts["record_params"]:
-            params_log.append(_to_list(state.params))
-        state, out = finish_fn(state, train, jnp.int32(row))
-        if stream.probes is not None:
-            probes_log.append(np.asarray(out).tolist())
-    jax.block_until_ready(state)
-    lik = method.objective.likelihood
-    return Results(
-        method=method.name,
-        tasks=stream.task_names,
-        metric=lik.metric,
-        higher_is_better=lik.higher_is_better,
-        matrix=matrix,
-        initial=initial.tolist(),
-        summary=summarize(matrix, initial, lik.higher_is_better),
-        curves=curves,
-        timing={"compile_s": compile_s, "run_s": time.perf_counter() - t0},
-        params=params_log or None,
-        probes=probes_log or None,
-        rows=rows,
-    )
-
-
 @dataclass
 class Plan:
     """A checked config with every part built: what `execute` runs."""
@@ -293,6 +218,92 @@ class Plan:
     def total_steps(self) -> int:
         """Training steps over all methods (for a progress bar)."""
         return train_settings(self.config)["steps"] * len(self.stream.tasks) * len(self.methods)
+
+
+class Program(NamedTuple):
+    """One method's compiled executables and its initial state."""
+
+    state: TrainState
+    data: TaskData  # what it trains on: the stream's tasks, or their union for `joint`
+    chunk: Any  # (state, data, test, task, trainable) -> (state, losses, metric per task)
+    finish: Any  # (state, train, task) -> (state, probe outputs)
+    compile_s: float
+
+
+def compile_method(method: Method, p: Plan) -> Program:
+    """Compiles everything one method runs on device, ahead of time: the same executables then
+    serve every task (a task switch changes values, never shapes)."""
+    ts = train_settings(p.config)
+    reset = bool(section(p.config, "optimizer").get("reset_per_task", False))
+    data = union(p.train) if method.joint else p.train
+    probes = p.stream.probes
+    probes = jnp.zeros((1, *p.stream.input_shape)) if probes is None else jnp.asarray(probes)
+    # A private copy: the compiled chunks donate (consume) their input state.
+    state = init_state(method.params, method.optimizer, method.regulariser, p.key)
+    state = jax.tree.map(jnp.copy, state)
+    trainable = _trainable(state.params, method.freeze, False)
+    task0 = jnp.int32(0)
+    t0 = time.perf_counter()
+    chunk = make_chunk(
+        method.objective, method.optimizer, method.regulariser, ts["batch_size"], ts["eval_every"]
+    )
+    chunk_fn = jax.jit(chunk, donate_argnums=0).lower(state, data, p.test, task0, trainable)
+    finish_fn = jax.jit(_finish_task(method, reset, probes), donate_argnums=0)
+    finish_fn = finish_fn.lower(state, p.train, task0)
+    return Program(state, data, chunk_fn.compile(), finish_fn.compile(), time.perf_counter() - t0)
+
+
+def run_method(method: Method, program: Program, p: Plan, initial, on_steps=None) -> Results:
+    """Trains one compiled method through the stream and returns its Results; `initial` is the
+    metric of the untrained model on every task."""
+    ts = train_settings(p.config)
+    stream, train, test = p.stream, p.train, p.test
+    num_steps = ts["steps"] * (len(stream.tasks) if method.joint else 1)
+    state = program.state
+    t0 = time.perf_counter()
+    rows = ["joint"] if method.joint else stream.task_names
+    matrix, params_log, probes_log = [], [], []
+    curves = {"step": [0], "training_task": [0], "values": [initial.tolist()]}
+    for row, row_name in enumerate(rows):
+        trainable = _trainable(state.params, method.freeze, row > 0)
+        num_chunks = num_steps // ts["eval_every"]
+        state, values = train_task(
+            program.chunk,
+            state,
+            program.data,
+            test,
+            jnp.int32(row),
+            trainable,
+            num_chunks,
+            row_name,
+            on_steps,
+        )
+        matrix.append(values[-1].tolist())
+        for i, v in enumerate(values):
+            curves["step"].append(int(row * num_steps + (i + 1) * ts["eval_every"]))
+            curves["training_task"].append(row)
+            curves["values"].append(v.tolist())
+        if ts["record_params"]:
+            params_log.append(_to_list(state.params))
+        state, out = program.finish(state, train, jnp.int32(row))
+        if stream.probes is not None:
+            probes_log.append(np.asarray(out).tolist())
+    jax.block_until_ready(state)
+    lik = method.objective.likelihood
+    return Results(
+        method=method.name,
+        tasks=stream.task_names,
+        metric=lik.metric,
+        higher_is_better=lik.higher_is_better,
+        matrix=matrix,
+        initial=initial.tolist(),
+        summary=summarize(matrix, initial, lik.higher_is_better),
+        curves=curves,
+        timing={"compile_s": program.compile_s, "run_s": time.perf_counter() - t0},
+        params=params_log or None,
+        probes=probes_log or None,
+        rows=rows,
+    )
 
 
 def plan(config: dict, selected: list[str] | None = None) -> Plan:
@@ -312,8 +323,12 @@ def plan(config: dict, selected: list[str] | None = None) -> Plan:
 def execute(p: Plan, on_steps=None, on_result=None) -> dict[str, Results]:
     """Runs every method of a plan; `on_result(results)` is called as each one finishes."""
     out = {}
+    # Every method starts from the same parameters: the untrained model is evaluated once.
+    first = p.methods[0]
+    evaluate = jax.jit(functools.partial(evaluate_tasks, first.objective))
+    initial = np.asarray(evaluate(first.params, p.test))
     for m in p.methods:
-        out[m.name] = run_method(m, p.config, p.stream, p.train, p.test, p.key, on_steps)
+        out[m.name] = run_method(m, compile_method(m, p), p, initial, on_steps)
         if on_result is not None:
             on_result(out[m.name])
     return out

@@ -24,32 +24,39 @@ class ReplayState(NamedTuple):
 
 
 def reservoir_insert(state: ReplayState, data, key) -> ReplayState:
-    """Offers every valid example of `data` (in random order) to the reservoir (Algorithm R)."""
+    """Offers every valid example of `data`, in random order, to the reservoir (Algorithm R).
+
+    Vectorised but exact: the k-th example offered overall (k = seen + its rank) takes slot k
+    while the buffer fills, then a uniform slot j in [0, k] if j < capacity; when several new
+    examples pick one slot, the last offered wins, as in the sequential algorithm.
+    """
     capacity = state.x.shape[0]
     n = data["x"].shape[0]
-    order_key, slot_key = jax.random.split(key)
-    order = jax.random.permutation(order_key, n)
+    valid = data["weight"] > 0
+    bits = jax.random.bits(key, (2, n))
+    # A random order of the valid examples; padding (keys >= 2^31) goes last.
+    order = jnp.argsort(jnp.where(valid, bits[0] >> 1, jnp.uint32(2**31)))
+    offered = valid[order]
+    k = state.seen + jnp.arange(n)  # overall index of each offer (valid ones come first)
+    j = (bits[1] % (k + 1).astype(jnp.uint32)).astype(k.dtype)  # uniform in [0, k]
+    slot = jnp.where(k < capacity, k, j)
+    slot = jnp.where(offered & (slot < capacity), slot, capacity)  # capacity: no write
+    winner = jnp.full((capacity + 1,), -1).at[slot].max(jnp.arange(n))[:capacity]
+    src = order[jnp.maximum(winner, 0)]
+    take = winner >= 0
 
-    def offer(carry, i):
-        buf, seen = carry
-        idx = order[i]
-        valid = data["weight"][idx] > 0
-        j = jax.random.randint(jax.random.fold_in(slot_key, i), (), 0, seen + 1)
-        slot = jnp.where(seen < capacity, seen, j)
-        write = valid & (slot < capacity)
-        slot = jnp.where(write, slot, 0)
-        buf = jax.tree.map(
-            lambda b, new: b.at[slot].set(jnp.where(write, new, b[slot])),
-            buf,
-            (data["x"][idx], data["y"][idx], data["task"][idx]),
-        )
-        return (buf, seen + valid.astype(seen.dtype)), None
+    def write(old, new):
+        mask = take.reshape((capacity,) + (1,) * (old.ndim - 1))
+        return jnp.where(mask, new[src], old)
 
-    (buf, seen), _ = jax.lax.scan(
-        offer, ((state.x, state.y, state.task), state.seen), jnp.arange(n)
+    seen = state.seen + jnp.sum(valid).astype(state.seen.dtype)
+    return state._replace(
+        x=write(state.x, data["x"]),
+        y=write(state.y, data["y"]),
+        task=write(state.task, data["task"]),
+        seen=seen,
+        size=jnp.minimum(seen, capacity),
     )
-    x, y, task = buf
-    return state._replace(x=x, y=y, task=task, seen=seen, size=jnp.minimum(seen, capacity))
 
 
 def replay(
