@@ -1,0 +1,45 @@
+"""Split Gaussian blobs: five two-class tasks, an MLP, forgetting in the three scenarios.
+
+    continual run split_blobs                           # class-incremental, about 15 s
+    continual run split_blobs --set stream.scenario=task
+
+A classification stream that needs no download, generated deterministically from the seed.
+Measured (seed 0, README): class-incremental average accuracy naive 0.317, L2 0.446, EWC 0.543,
+replay 0.991, EWC+replay 0.989, joint 0.995 -- one head without task identity forgets all but the
+last task unless old examples are replayed. Task-incremental (masked heads) every method stays
+above 0.99: these blobs are easy to separate once the task is known.
+"""
+
+
+def get_config(arg=None):
+    """Five tasks of two classes each; Adam, minibatches of 32, 300 steps per task."""
+    return {
+        "seed": 0,
+        "stream": {
+            "name": "split_blobs",
+            "num_tasks": 5,
+            "scenario": "class",
+            "num_classes": 10,
+            "dim": 20,
+            "train_per_class": 200,
+            "test_per_class": 100,
+            "spread": 1.5,
+        },
+        "model": {"name": "mlp", "widths": [64, 64]},
+        "optimizer": {"name": "adam", "learning_rate": 1e-3},
+        "train": {"steps": 300, "batch_size": 32, "eval_every": 50},
+        "regularisers": {
+            "l2": {"strength": 1.0},
+            "ewc": {"strength": 1000.0, "estimator": "exact", "mode": "separate"},
+            "replay": {"capacity": 200, "weight": 1.0, "batch_size": 32},
+        },
+        "methods": {
+            "naive": {},
+            "l2": {"use": ["l2"]},
+            "ewc": {"use": ["ewc"]},
+            "replay": {"use": ["replay"]},
+            "ewc+replay": {"use": ["ewc", "replay"]},
+            "joint": {"joint": True},
+        },
+        "run": [],
+    }
