@@ -11,7 +11,7 @@ import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -19,18 +19,11 @@ import numpy as np
 
 from continual import models, streams
 from continual.config import ConfigError, number, section
-from continual.evaluate import evaluate_tasks, summarize
+from continual.loop import Settings, compile_program, run_program
 from continual.losses import LIKELIHOODS, Objective
 from continual.regularisers import Regulariser, chain, ewc, l2, replay
-from continual.train import (
-    init_state,
-    make_chunk,
-    make_consolidate,
-    make_optimizer,
-    reset_optimizer,
-    train_task,
-)
-from continual.types import Results, Stream, TaskData, TrainState, stack_tasks, union
+from continual.train import init_state, make_optimizer
+from continual.types import Results, Stream, TaskData, TrainState, stack_tasks
 
 METHOD_KEYS = {"use": list, "joint": bool, "freeze": list}
 
@@ -157,50 +150,16 @@ def build_method(
     return Method(name, objective, optimizer, chain(*parts), params, spec["joint"], spec["freeze"])
 
 
-def _trainable(params, freeze: list[str], frozen: bool):
-    """0/1 per leaf: a leaf whose path names any of `freeze` gets 0 when `frozen`."""
-
-    def mark(path, _):
-        name = "/".join(str(getattr(p, "key", p)) for p in path)
-        return jnp.float32(0.0 if frozen and any(f in name for f in freeze) else 1.0)
-
-    return jax.tree_util.tree_map_with_path(mark, params)
-
-
-def _to_list(tree):
-    return jax.tree.map(lambda a: np.asarray(a).tolist(), tree)
-
-
-def train_settings(config: dict) -> dict:
-    """The checked train section: steps, batch_size, eval_every, record_params."""
+def train_settings(config: dict) -> Settings:
+    """The checked train section (and the optimizer's reset_per_task) as loop Settings."""
     t = section(config, "train")
     steps = number(t.get("steps"), "train.steps", 1, integer=True)
     every = number(t.get("eval_every", steps), "train.eval_every", 1, integer=True)
     if steps % every:
         raise ConfigError(f"train.steps ({steps}) must be a multiple of train.eval_every ({every})")
     batch = number(t.get("batch_size", 0), "train.batch_size", 0, integer=True)
-    return {
-        "steps": steps,
-        "eval_every": every,
-        "batch_size": batch,
-        "record_params": bool(t.get("record_params", False)),
-    }
-
-
-def _finish_task(method: Method, reset: bool, probes):
-    """The work between tasks as one pure function: predictions on the probes, consolidation,
-    and (if asked) fresh optimizer moments for the next task."""
-    consolidate = make_consolidate(method.regulariser)
-
-    def finish(state, train, task):
-        out = method.objective.apply(state.params, probes)
-        if not method.joint:
-            state = consolidate(state, train, task)
-        if reset:
-            state = reset_optimizer(method.optimizer, state)
-        return state, out
-
-    return finish
+    reset = section(config, "optimizer").get("reset_per_task", False)
+    return Settings(steps, every, batch, bool(t.get("record_params", False)), bool(reset))
 
 
 @dataclass
@@ -217,93 +176,7 @@ class Plan:
     @property
     def total_steps(self) -> int:
         """Training steps over all methods (for a progress bar)."""
-        return train_settings(self.config)["steps"] * len(self.stream.tasks) * len(self.methods)
-
-
-class Program(NamedTuple):
-    """One method's compiled executables and its initial state."""
-
-    state: TrainState
-    data: TaskData  # what it trains on: the stream's tasks, or their union for `joint`
-    chunk: Any  # (state, data, test, task, trainable) -> (state, losses, metric per task)
-    finish: Any  # (state, train, task) -> (state, probe outputs)
-    compile_s: float
-
-
-def compile_method(method: Method, p: Plan) -> Program:
-    """Compiles everything one method runs on device, ahead of time: the same executables then
-    serve every task (a task switch changes values, never shapes)."""
-    ts = train_settings(p.config)
-    reset = bool(section(p.config, "optimizer").get("reset_per_task", False))
-    data = union(p.train) if method.joint else p.train
-    probes = p.stream.probes
-    probes = jnp.zeros((1, *p.stream.input_shape)) if probes is None else jnp.asarray(probes)
-    # A private copy: the compiled chunks donate (consume) their input state.
-    state = init_state(method.params, method.optimizer, method.regulariser, p.key)
-    state = jax.tree.map(jnp.copy, state)
-    trainable = _trainable(state.params, method.freeze, False)
-    task0 = jnp.int32(0)
-    t0 = time.perf_counter()
-    chunk = make_chunk(
-        method.objective, method.optimizer, method.regulariser, ts["batch_size"], ts["eval_every"]
-    )
-    chunk_fn = jax.jit(chunk, donate_argnums=0).lower(state, data, p.test, task0, trainable)
-    finish_fn = jax.jit(_finish_task(method, reset, probes), donate_argnums=0)
-    finish_fn = finish_fn.lower(state, p.train, task0)
-    return Program(state, data, chunk_fn.compile(), finish_fn.compile(), time.perf_counter() - t0)
-
-
-def run_method(method: Method, program: Program, p: Plan, initial, on_steps=None) -> Results:
-    """Trains one compiled method through the stream and returns its Results; `initial` is the
-    metric of the untrained model on every task."""
-    ts = train_settings(p.config)
-    stream, train, test = p.stream, p.train, p.test
-    num_steps = ts["steps"] * (len(stream.tasks) if method.joint else 1)
-    state = program.state
-    t0 = time.perf_counter()
-    rows = ["joint"] if method.joint else stream.task_names
-    matrix, params_log, probes_log = [], [], []
-    curves = {"step": [0], "training_task": [0], "values": [initial.tolist()]}
-    for row, row_name in enumerate(rows):
-        trainable = _trainable(state.params, method.freeze, row > 0)
-        num_chunks = num_steps // ts["eval_every"]
-        state, values = train_task(
-            program.chunk,
-            state,
-            program.data,
-            test,
-            jnp.int32(row),
-            trainable,
-            num_chunks,
-            row_name,
-            on_steps,
-        )
-        matrix.append(values[-1].tolist())
-        for i, v in enumerate(values):
-            curves["step"].append(int(row * num_steps + (i + 1) * ts["eval_every"]))
-            curves["training_task"].append(row)
-            curves["values"].append(v.tolist())
-        if ts["record_params"]:
-            params_log.append(_to_list(state.params))
-        state, out = program.finish(state, train, jnp.int32(row))
-        if stream.probes is not None:
-            probes_log.append(np.asarray(out).tolist())
-    jax.block_until_ready(state)
-    lik = method.objective.likelihood
-    return Results(
-        method=method.name,
-        tasks=stream.task_names,
-        metric=lik.metric,
-        higher_is_better=lik.higher_is_better,
-        matrix=matrix,
-        initial=initial.tolist(),
-        summary=summarize(matrix, initial, lik.higher_is_better),
-        curves=curves,
-        timing={"compile_s": program.compile_s, "run_s": time.perf_counter() - t0},
-        params=params_log or None,
-        probes=probes_log or None,
-        rows=rows,
-    )
+        return train_settings(self.config).steps * len(self.stream.tasks) * len(self.methods)
 
 
 def plan(config: dict, selected: list[str] | None = None) -> Plan:
@@ -320,15 +193,32 @@ def plan(config: dict, selected: list[str] | None = None) -> Plan:
     return Plan(config, stream, train, test, methods, run_key)
 
 
+def initial_state(method: Method, key) -> TrainState:
+    """The state at step 0 of one member, with a leading member axis of size 1."""
+    state = init_state(method.params, method.optimizer, method.regulariser, key)
+    return jax.tree.map(lambda a: a[None], state)
+
+
 def execute(p: Plan, on_steps=None, on_result=None) -> dict[str, Results]:
-    """Runs every method of a plan; `on_result(results)` is called as each one finishes."""
+    """Runs every method of a plan (one member each); `on_result(results)` is called as each
+    one finishes. A non-finite loss raises DivergenceError naming the task and step."""
+    settings = train_settings(p.config)
     out = {}
-    # Every method starts from the same parameters: the untrained model is evaluated once.
-    first = p.methods[0]
-    evaluate = jax.jit(functools.partial(evaluate_tasks, first.objective))
-    initial = np.asarray(evaluate(first.params, p.test))
     for m in p.methods:
-        out[m.name] = run_method(m, compile_method(m, p), p, initial, on_steps)
+        program, states = compile_program(
+            m, initial_state(m, p.key), p.stream, p.train, p.test, settings
+        )
+        (out[m.name],) = run_program(
+            m,
+            program,
+            states,
+            p.stream,
+            p.train,
+            p.test,
+            settings,
+            on_steps=on_steps,
+            stop_on_divergence=True,
+        )
         if on_result is not None:
             on_result(out[m.name])
     return out

@@ -10,7 +10,6 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from continual.evaluate import evaluate_tasks
@@ -98,15 +97,23 @@ def make_chunk(
     objective: Objective, optimizer, regulariser: Regulariser, batch_size: int, num_steps: int
 ) -> Callable:
     """Returns the pure chunk(state, train, test, task, trainable) -> (state, losses, values):
-    `num_steps` steps on task `task` as one lax.scan, then the metric on every task's test split."""
+    `num_steps` steps on task `task` as one lax.scan, then the metric on every task's test split.
+
+    A step whose loss or new parameters are not finite is not applied and reports a NaN loss:
+    the state stays frozen at its last finite values (in a sweep, other members go on).
+    """
     step = make_train_step(objective, optimizer, regulariser)
 
     def chunk(state: TrainState, train: TaskData, test: TaskData, task, trainable):
         def body(s, _):
             key = jax.random.fold_in(jax.random.fold_in(s.key, 2), s.step)
             batch = sample_batch(train, task, key, batch_size)
-            s, metrics = step(s, batch, trainable)
-            return s, metrics["loss"] + metrics["penalty"]
+            new, metrics = step(s, batch, trainable)
+            loss = metrics["loss"] + metrics["penalty"]
+            finite = [jnp.isfinite(p).all() for p in jax.tree.leaves(new.params)]
+            ok = jnp.stack([jnp.isfinite(loss), *finite]).all()
+            kept = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new[:4], s[:4])
+            return TrainState(*kept, s.key), jnp.where(ok, loss, jnp.nan)
 
         state, losses = jax.lax.scan(body, state, None, length=num_steps)
         return state, losses, evaluate_tasks(objective, state.params, test)
@@ -125,34 +132,3 @@ def make_consolidate(regulariser: Regulariser) -> Callable:
         return state._replace(reg_state=reg_state)
 
     return consolidate
-
-
-def train_task(
-    chunk_fn: Callable,
-    state: TrainState,
-    train: TaskData,
-    test: TaskData,
-    task: int,
-    trainable,
-    num_chunks: int,
-    task_name: str = "",
-    on_chunk: Callable | None = None,
-):
-    """Runs `num_chunks` compiled chunks on one task; returns the state and the metric on every
-    task after each chunk, shape (num_chunks, T). Raises DivergenceError on a non-finite loss."""
-    values, last_finite = [], None
-    for _ in range(num_chunks):
-        start = int(state.step)
-        state, losses, metric_T = chunk_fn(state, train, test, task, trainable)
-        losses = np.asarray(losses)
-        bad = ~np.isfinite(losses)
-        if bad.any():
-            first = int(np.argmax(bad))
-            if first:
-                last_finite = float(losses[first - 1])
-            raise DivergenceError(task_name or str(task), start + first, last_finite)
-        last_finite = float(losses[-1])
-        values.append(np.asarray(metric_T))
-        if on_chunk is not None:
-            on_chunk(len(losses))
-    return state, np.stack(values)

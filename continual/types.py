@@ -133,6 +133,7 @@ class Results:
     params: list[Any] | None = None  # parameters after each row, for small models only
     probes: list[list[Any]] | None = None  # predictions on the stream's probe inputs per row
     rows: list[str] | None = None  # what each matrix row is (a task name, or "joint")
+    diverged: dict[str, Any] | None = None  # {"task", "step", "last_finite_loss"} if it did
 
     def to_json(self) -> dict[str, Any]:
         out = {
@@ -151,6 +152,8 @@ class Results:
             out["params"] = self.params
         if self.probes is not None:
             out["probes"] = self.probes
+        if self.diverged is not None:
+            out["diverged"] = self.diverged
         return out
 
     @classmethod
@@ -171,4 +174,5 @@ class Results:
             params=d.get("params"),
             probes=d.get("probes"),
             rows=d.get("rows"),
+            diverged=d.get("diverged"),
         )

@@ -1,0 +1,219 @@
+"""The one task loop, over a leading member axis: a run is one member, a sweep is many.
+
+`compile_program` vmaps a method's pure chunk and end-of-task functions over the member axis of
+stacked TrainStates, shards that axis over every local device (padding the member count to a
+multiple of the device count), and compiles ahead of time. `run_program` then trains every task,
+evaluating all tasks between chunks, and splits the result into one Results per member.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from continual.evaluate import evaluate_tasks, summarize
+from continual.train import DivergenceError, make_chunk, make_consolidate, reset_optimizer
+from continual.types import Results, Stream, TaskData, TrainState, union
+
+
+class Settings(NamedTuple):
+    """The loop's static choices."""
+
+    steps: int  # per task (the joint baseline trains steps x tasks on the union)
+    eval_every: int
+    batch_size: int  # 0: whole task
+    record_params: bool = False
+    reset_per_task: bool = False
+
+
+class Program(NamedTuple):
+    """A method's executables for a stack of members, compiled for their shapes and devices."""
+
+    data: TaskData  # what it trains on: the stream's tasks, or their union for `joint`
+    chunk: Any  # (states, data, test, task, trainable) -> (states, losses (M, S), metric (M, T))
+    finish: Any  # (states, train, task) -> (states, probe outputs (M, ...))
+    evaluate: Any  # (params, test) -> metric (M, T)
+    sharding: NamedSharding
+    members: int  # real members; the stack may be padded past this
+    compile_s: float
+
+
+def _finish_task(method, reset: bool, probes) -> Callable:
+    """The work between tasks: probe predictions, consolidation, fresh optimizer moments."""
+    consolidate = make_consolidate(method.regulariser)
+
+    def finish(state, train, task):
+        out = method.objective.apply(state.params, probes)
+        if not method.joint:
+            state = consolidate(state, train, task)
+        if reset:
+            state = reset_optimizer(method.optimizer, state)
+        return state, out
+
+    return finish
+
+
+def trainable_mask(params, freeze: list[str], frozen: bool):
+    """0/1 per leaf: a leaf whose path names any of `freeze` gets 0 when `frozen`."""
+
+    def mark(path, _):
+        name = "/".join(str(getattr(p, "key", p)) for p in path)
+        return jnp.float32(0.0 if frozen and any(f in name for f in freeze) else 1.0)
+
+    return jax.tree_util.tree_map_with_path(mark, params)
+
+
+def shard_members(states: TrainState) -> tuple[TrainState, NamedSharding, int]:
+    """Pads the member axis to a multiple of the local device count (repeating member 0) and
+    shards it over a one-axis mesh; returns the states, their sharding and the real count."""
+    devices = jax.local_devices()
+    members = jax.tree.leaves(states)[0].shape[0]
+    pad = -members % len(devices)
+    if pad:
+        states = jax.tree.map(
+            lambda a: jnp.concatenate([a, jnp.repeat(a[:1], pad, axis=0)]), states
+        )
+    sharding = NamedSharding(Mesh(np.array(devices), ("member",)), PartitionSpec("member"))
+    return jax.device_put(states, sharding), sharding, members
+
+
+def compile_program(
+    method, states: TrainState, stream: Stream, train: TaskData, test: TaskData, settings: Settings
+) -> tuple[Program, TrainState]:
+    """Compiles `method` for the stacked `states` (leading member axis); returns the program and
+    the states placed on the devices (the compiled functions donate them)."""
+    states, sharding, members = shard_members(states)
+    replicated = NamedSharding(sharding.mesh, PartitionSpec())
+    data = union(train) if method.joint else train
+    data, train, test = jax.device_put((data, train, test), replicated)
+    probes = stream.probes
+    probes = jnp.zeros((1, *stream.input_shape)) if probes is None else jnp.asarray(probes)
+    params0 = jax.tree.map(lambda a: a[0], states.params)
+    trainable = trainable_mask(params0, method.freeze, False)
+    task0 = jnp.int32(0)
+    t0 = time.perf_counter()
+    chunk = make_chunk(
+        method.objective,
+        method.optimizer,
+        method.regulariser,
+        settings.batch_size,
+        settings.eval_every,
+    )
+    chunk = jax.vmap(chunk, in_axes=(0, None, None, None, None))
+    finish = jax.vmap(
+        _finish_task(method, settings.reset_per_task, probes), in_axes=(0, None, None)
+    )
+    evaluate = jax.vmap(lambda p, t: evaluate_tasks(method.objective, p, t), in_axes=(0, None))
+    lowered = (
+        jax.jit(chunk, donate_argnums=0).lower(states, data, test, task0, trainable),
+        jax.jit(finish, donate_argnums=0).lower(states, train, task0),
+        jax.jit(evaluate).lower(states.params, test),
+    )
+    compiled = [low.compile() for low in lowered]
+    program = Program(data, *compiled, sharding, members, time.perf_counter() - t0)
+    return program, states
+
+
+def _to_list(tree):
+    return jax.tree.map(lambda a: np.asarray(a).tolist(), tree)
+
+
+def run_program(
+    method,
+    program: Program,
+    states: TrainState,
+    stream: Stream,
+    train: TaskData,
+    test: TaskData,
+    settings: Settings,
+    names: list[str] | None = None,
+    on_steps: Callable | None = None,
+    stop_on_divergence: bool = False,
+) -> list[Results]:
+    """Trains every member through the stream; one Results per real member.
+
+    A member whose loss goes non-finite stays frozen at its last finite state and is marked
+    `diverged` (task, step, last finite loss); with `stop_on_divergence` (a single run) the
+    first divergence raises DivergenceError instead.
+    """
+    m = program.members
+    names = names or [method.name] * m
+    num_steps = settings.steps * (len(stream.tasks) if method.joint else 1)
+    num_chunks = num_steps // settings.eval_every
+    rows = ["joint"] if method.joint else stream.task_names
+    t0 = time.perf_counter()
+    initial = np.asarray(program.evaluate(states.params, test))[:m]  # (M, T)
+    steps_seen, values_seen, params_log, probes_log = [0], [initial], [], []
+    training_task = [0]
+    last_loss = np.full(m, np.nan)
+    diverged: list[dict | None] = [None] * m
+    step = 0
+    for row, row_name in enumerate(rows):
+        params0 = jax.tree.map(lambda a: a[0], states.params)
+        trainable = trainable_mask(params0, method.freeze, row > 0)
+        for _ in range(num_chunks):
+            states, losses, values = program.chunk(
+                states, program.data, test, jnp.int32(row), trainable
+            )
+            losses = np.asarray(losses)[:m]
+            for i in range(m):
+                bad = ~np.isfinite(losses[i])
+                if diverged[i] is None and bad.any():
+                    first = int(np.argmax(bad))
+                    before = losses[i, first - 1] if first else last_loss[i]
+                    diverged[i] = {
+                        "task": row_name,
+                        "step": step + first,
+                        "last_finite_loss": None if np.isnan(before) else float(before),
+                    }
+                    if stop_on_divergence:
+                        raise DivergenceError(
+                            row_name, step + first, diverged[i]["last_finite_loss"]
+                        )
+                if not bad[-1]:
+                    last_loss[i] = losses[i, -1]
+            step += losses.shape[1]
+            steps_seen.append(step)
+            training_task.append(row)
+            values_seen.append(np.asarray(values)[:m])
+            if on_steps is not None:
+                on_steps(losses.shape[1])
+        if settings.record_params:
+            params_log.append(jax.tree.map(lambda a: np.asarray(a)[:m], states.params))
+        states, out = program.finish(states, train, jnp.int32(row))
+        probes_log.append(np.asarray(out)[:m])
+    jax.block_until_ready(states)
+    run_s = time.perf_counter() - t0
+    values_all = np.stack(values_seen, axis=1)  # (M, evals, T)
+    ends = np.cumsum([num_chunks] * len(rows))  # eval index at the end of each row
+    lik = method.objective.likelihood
+    out = []
+    for i in range(m):
+        matrix = values_all[i, ends].tolist()
+        results = Results(
+            method=names[i],
+            tasks=stream.task_names,
+            metric=lik.metric,
+            higher_is_better=lik.higher_is_better,
+            matrix=matrix,
+            initial=initial[i].tolist(),
+            summary=summarize(matrix, initial[i], lik.higher_is_better),
+            curves={
+                "step": steps_seen,
+                "training_task": training_task,
+                "values": values_all[i].tolist(),
+            },
+            timing={"compile_s": program.compile_s, "run_s": run_s},
+            params=[_to_list(jax.tree.map(lambda a, i=i: a[i], p)) for p in params_log] or None,
+            probes=[p[i].tolist() for p in probes_log] if stream.probes is not None else None,
+            rows=rows,
+            diverged=diverged[i],
+        )
+        out.append(results)
+    return out
