@@ -50,6 +50,35 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--out", default="runs", help="parent of the run directory (default: runs)")
     r.add_argument("--no-plots", action="store_true", help="skip the figures")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
+    sw = sub.add_parser("sweep", help="train hyperparameter values x seeds as one program")
+    sw.add_argument("experiment", help="experiment name (see `continual list`)")
+    sw.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2,...",
+        help="a vmapped member axis of continuous values; LOW:HIGH:COUNT is "
+        "log-spaced, e.g. --grid regularisers.ewc.strength=1e0:1e6:7",
+    )
+    sw.add_argument("--seeds", type=int, default=1, help="seeds per grid point (default 1)")
+    sw.add_argument(
+        "--outer",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2,...",
+        help="values that change the program (sizes, estimators): one program each",
+    )
+    sw.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    sw.add_argument("--method", dest="methods", action="append", default=None, metavar="NAME")
+    sw.add_argument("--arg", default=None)
+    sw.add_argument("--out", default="runs")
+    sw.add_argument("--no-plots", action="store_true")
+    sw.add_argument("--quiet", action="store_true")
+    sw.add_argument(
+        "--distributed",
+        action="store_true",
+        help="call jax.distributed.initialize() first (multi-host)",
+    )
     sub.add_parser("list", help="list experiments, methods and regularisers")
     pl = sub.add_parser("plot", help="redraw the figures of a run directory")
     pl.add_argument("run_dir")
@@ -96,11 +125,7 @@ def _run(args) -> int:
         raise ValueError(f"cannot create run directory {str(run_dir)!r}: {e.strerror}") from None
     res.write_json(run_dir / "config.json", config)
 
-    bar = None
-    if not args.quiet:
-        from tqdm import tqdm
-
-        bar = tqdm(total=plan.total_steps, unit="step", delay=2.0, leave=False, file=sys.stderr)
+    bar = _progress(plan.total_steps, args.quiet)
     finished = {}
 
     def on_result(r):
@@ -121,6 +146,60 @@ def _run(args) -> int:
     if not args.no_plots:
         _plots(module, plan.stream, finished, run_dir)
     print(f"run directory: {run_dir}")
+    return 0
+
+
+def _progress(total: int, quiet: bool):
+    if quiet:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="step", delay=2.0, leave=False, file=sys.stderr)
+
+
+def _sweep(args) -> int:
+    if args.distributed:
+        import jax
+
+        jax.distributed.initialize()
+    _enable_compilation_cache()
+    from continual import plots, runner
+    from continual import results as res
+    from continual import sweep as sw
+    from continual.config import apply_overrides, load_experiment
+
+    module = load_experiment(args.experiment)
+    config = apply_overrides(module.get_config(args.arg), args.overrides)
+    grid = sw.parse_axes(config, args.grid, "--grid")
+    outer = sw.parse_axes(config, args.outer, "--outer")
+    groups = sw.plan_sweep(config, grid, args.seeds, outer, args.methods)
+    run_dir = runner.run_dir_for(args.out, args.experiment, prefix="sweep-")
+    try:
+        run_dir.mkdir(parents=True)
+    except OSError as e:
+        raise ValueError(f"cannot create run directory {str(run_dir)!r}: {e.strerror}") from None
+    res.write_json(run_dir / "config.json", config)
+    bar = _progress(sw.total_steps(groups), args.quiet)
+    results = []
+    try:
+        for group in groups:
+            rs = sw.run_group(group, on_steps=bar.update if bar else None)
+            for member, r in zip(group.members, rs, strict=True):
+                res.save_results(run_dir / "members" / member.method, r)
+            results.append(rs)
+    finally:
+        if bar is not None:
+            bar.close()
+    metric = results[0][0].metric
+    table = sw.summarize_sweep(groups, results)
+    res.write_json(
+        run_dir / "sweep.json", sw.sweep_json(groups, results, table, grid, outer, args.seeds)
+    )
+    print(sw.format_table(table, metric))
+    if not args.no_plots:
+        plots.plot_front(table, metric, run_dir / "plots" / "front.png")
+        plots.plot_vs_value(table, metric, run_dir / "plots" / "average.png")
+    print(f"sweep directory: {run_dir}")
     return 0
 
 
@@ -171,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run(args)
         if args.command == "list":
             return _list()
+        if args.command == "sweep":
+            return _sweep(args)
         return _plot(args)
     except DivergenceError as e:
         return _fail(str(e), 1)

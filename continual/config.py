@@ -36,7 +36,7 @@ def load_experiment(name: str) -> ModuleType:
     return importlib.import_module(f"continual.experiments.{name}")
 
 
-def _parse(text: str, current: Any, key: str) -> Any:
+def parse_value(text: str, current: Any, key: str) -> Any:
     """Parses an override's text by the type of the value it replaces."""
     if isinstance(current, bool):
         if text.lower() in ("true", "1", "yes"):
@@ -59,7 +59,7 @@ def _parse(text: str, current: Any, key: str) -> Any:
     if isinstance(current, (list, tuple)):
         items = [t.strip() for t in text.split(",") if t.strip()] if text.strip() else []
         if current:
-            items = [_parse(t, current[0], key) for t in items]
+            items = [parse_value(t, current[0], key) for t in items]
         return type(current)(items)
     if isinstance(current, dict):
         raise ConfigError(f"{key} is a section; set one of its keys: {', '.join(current)}")
@@ -84,7 +84,7 @@ def apply_overrides(config: dict, overrides: list[str]) -> dict:
                 raise ConfigError(f"unknown config key {key!r} (keys under {where}: {known})")
             if i < len(parts) - 1:
                 node = node[part]
-        node[parts[-1]] = _parse(text, node[parts[-1]], key)
+        node[parts[-1]] = parse_value(text, node[parts[-1]], key)
     return config
 
 

@@ -44,7 +44,7 @@ class Program(NamedTuple):
     compile_s: float
 
 
-def _finish_task(method, reset: bool, probes) -> Callable:
+def finish_task(method, reset: bool, probes) -> Callable:
     """The work between tasks: probe predictions, consolidation, fresh optimizer moments."""
     consolidate = make_consolidate(method.regulariser)
 
@@ -106,9 +106,7 @@ def compile_program(
         settings.eval_every,
     )
     chunk = jax.vmap(chunk, in_axes=(0, None, None, None, None))
-    finish = jax.vmap(
-        _finish_task(method, settings.reset_per_task, probes), in_axes=(0, None, None)
-    )
+    finish = jax.vmap(finish_task(method, settings.reset_per_task, probes), in_axes=(0, None, None))
     evaluate = jax.vmap(lambda p, t: evaluate_tasks(method.objective, p, t), in_axes=(0, None))
     lowered = (
         jax.jit(chunk, donate_argnums=0).lower(states, data, test, task0, trainable),

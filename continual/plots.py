@@ -89,3 +89,92 @@ def plot_run(all_results: dict[str, Results], plots_dir: Path) -> list[Path]:
         plot_matrices(all_results, plots_dir / "matrix.png"),
         plot_curves(all_results, plots_dir / "curves.png"),
     ]
+
+
+def _series(table: list[dict]):
+    """Sweep table rows grouped into series: one per method, outer values and every grid value
+    but the first grid key's (which runs along the series)."""
+    series: dict[str, list[dict]] = {}
+    for row in table:
+        keys = list(row["values"])
+        fixed = {**row["outer"], **{k: row["values"][k] for k in keys[1:]}}
+        label = " ".join(
+            [
+                row["method"],
+                *(
+                    f"{k.split('.')[-1]}={v:g}"
+                    if isinstance(v, float)
+                    else f"{k.split('.')[-1]}={v}"
+                    for k, v in fixed.items()
+                ),
+            ]
+        )
+        series.setdefault(label, []).append(row)
+    return series
+
+
+def plot_front(table: list[dict], metric: str, path: Path) -> Path:
+    """The stability-plasticity front: old-task vs new-task final metric, one point per grid
+    value (mean over seeds, SEM error bars), labelled with the swept value."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    for label, rows in _series(table).items():
+        new = np.array([r["last"] for r in rows])
+        old = np.array([r["old"] for r in rows])
+        ax.errorbar(
+            new[:, 0],
+            old[:, 0],
+            xerr=new[:, 1],
+            yerr=old[:, 1],
+            marker="o",
+            ms=4,
+            capsize=2,
+            lw=1,
+            label=label,
+        )
+        for r, x, y in zip(rows, new[:, 0], old[:, 0], strict=True):
+            if r["values"]:
+                v = next(iter(r["values"].values()))
+                ax.annotate(
+                    f"{v:.3g}" if isinstance(v, float) else str(v),
+                    (x, y),
+                    fontsize=7,
+                    xytext=(3, 3),
+                    textcoords="offset points",
+                )
+    ax.set_xlabel(f"newest task: final {metric}")
+    ax.set_ylabel(f"older tasks: final {metric} (mean)")
+    swept = next(iter(table[0]["values"]), None) if table else None
+    ax.set_title(
+        "stability-plasticity front" + (f" (labels: {swept})" if swept else ""), fontsize=10
+    )
+    ax.legend(fontsize=7)
+    fig.subplots_adjust(left=0.14, right=0.97, bottom=0.12, top=0.92)
+    return save(fig, path)
+
+
+def plot_vs_value(table: list[dict], metric: str, path: Path) -> Path | None:
+    """Average final metric against the first grid key's value (log axis when positive)."""
+    if not table or not table[0]["values"]:
+        return None
+    key = next(iter(table[0]["values"]))
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 4.0))
+    numeric = True
+    for label, rows in _series(table).items():
+        xs = [r["values"][key] for r in rows]
+        numeric &= all(isinstance(x, (int, float)) and x > 0 for x in xs)
+        avg = np.array([r["average"] for r in rows])
+        pos = xs if numeric else list(range(len(xs)))
+        ax.errorbar(pos, avg[:, 0], yerr=avg[:, 1], marker="o", ms=4, capsize=2, lw=1, label=label)
+        if not numeric:
+            ax.set_xticks(pos, [str(x) for x in xs])
+    if numeric:
+        values = [r["values"][key] for r in table]
+        if max(values) > 10 * min(values):
+            ax.set_xscale("log")
+    ax.set_xlabel(key)
+    ax.set_ylabel(f"average final {metric}")
+    ax.legend(fontsize=7)
+    fig.subplots_adjust(left=0.14, right=0.97, bottom=0.13, top=0.95)
+    return save(fig, path)

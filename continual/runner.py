@@ -230,10 +230,10 @@ def run(config: dict, selected: list[str] | None = None) -> tuple[Stream, dict[s
     return p.stream, execute(p)
 
 
-def run_dir_for(out: str | Path, experiment: str) -> Path:
-    """runs/<experiment>/<stamp>: a fresh directory name that does not exist yet."""
+def run_dir_for(out: str | Path, experiment: str, prefix: str = "") -> Path:
+    """runs/<experiment>/<prefix><stamp>: a fresh directory name that does not exist yet."""
     base = Path(out) / experiment
-    stamp = time.strftime("%Y%m%d-%H%M%S")
+    stamp = prefix + time.strftime("%Y%m%d-%H%M%S")
     path, i = base / stamp, 1
     while path.exists():
         path, i = base / f"{stamp}-{i}", i + 1

@@ -1,0 +1,331 @@
+"""Sweeps: hyperparameter values x seeds trained as one vmapped, compiled program.
+
+Members differ by seed and by continuous hyperparameters (--grid): each member's config is built
+and checked like a run's, its initial TrainState made, and the states are stacked on a leading
+member axis that the one task loop (loop.py) vmaps and shards over the devices. Values that change
+the compiled program (buffer sizes, widths, estimators, the number of steps) cannot be a member
+axis; they go in --outer, an outer loop of compiled programs, as does the choice of method.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from continual import runner
+from continual.config import ConfigError, parse_value
+from continual.loop import compile_program, finish_task, run_program, trainable_mask
+from continual.train import make_chunk
+from continual.types import Results
+
+GRID_SECTIONS = ("regularisers", "optimizer", "model")
+
+
+def _lookup(config: dict, key: str) -> Any:
+    node = config
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise ConfigError(f"unknown config key {key!r}")
+        node = node[part]
+    return node
+
+
+def parse_values(key: str, text: str, current: Any) -> list:
+    """'1e0:1e6:7' (log-spaced, both ends included) or 'v1,v2,...' parsed like --set values."""
+    text = text.strip()
+    if not text:
+        raise ConfigError(f"empty grid for {key!r}")
+    if ":" in text:
+        parts = text.split(":")
+        try:
+            lo, hi, n = float(parts[0]), float(parts[1]), int(parts[2])
+        except (ValueError, IndexError):
+            raise ConfigError(f"{key}: a range is LOW:HIGH:COUNT, got {text!r}") from None
+        if len(parts) != 3 or lo <= 0 or hi <= 0 or n < 1:
+            raise ConfigError(f"{key}: LOW:HIGH:COUNT needs LOW, HIGH > 0 and COUNT >= 1")
+        values = np.geomspace(lo, hi, n).tolist()
+    else:
+        values = [parse_value(v.strip(), current, key) for v in text.split(",") if v.strip()]
+    if not values:
+        raise ConfigError(f"empty grid for {key!r}")
+    if isinstance(current, float):
+        values = [float(v) for v in values]
+    return values
+
+
+def parse_axes(config: dict, items: list[str], what: str) -> dict[str, list]:
+    """KEY=VALUES items -> {key: values}, each key checked against the config."""
+    axes: dict[str, list] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"{what} {item!r} is not of the form KEY=V1,V2,...")
+        key, text = item.split("=", 1)
+        if key in axes:
+            raise ConfigError(f"{what} names {key!r} twice")
+        if key == "seed":
+            raise ConfigError("seeds are swept with --seeds N, not as a grid key")
+        current = _lookup(config, key)
+        if isinstance(current, dict):
+            raise ConfigError(f"{key} is a section, not a value")
+        if what == "--grid" and key.split(".")[0] not in GRID_SECTIONS:
+            raise ConfigError(
+                f"{key} cannot be a member axis (only {', '.join(GRID_SECTIONS)} values can: "
+                f"the stream, training length and methods are shared); use --outer"
+            )
+        axes[key] = parse_values(key, text, current)
+    return axes
+
+
+def _with(config: dict, values: dict[str, Any]) -> dict:
+    out = copy.deepcopy(config)
+    for key, value in values.items():
+        node = out
+        *path, last = key.split(".")
+        for part in path:
+            node = node[part]
+        node[last] = value
+    return out
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+@dataclass
+class Member:
+    """One member of a sweep: its method, its grid values, seed and outer values."""
+
+    method: str
+    values: dict[str, Any]
+    seed: int
+    outer: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        parts = [f"{k}={_fmt(v)}" for k, v in {**self.outer, **self.values}.items()]
+        return ",".join([*parts, f"seed={self.seed}"])
+
+
+def _program_text(method, plan, settings) -> str:
+    """The jaxpr of one member's chunk and end-of-task functions: equal texts mean that two
+    configs compile to the same program, differing only in state values."""
+    state = runner.initial_state(method, plan.key)
+    state = jax.tree.map(lambda a: a[0], state)
+    trainable = trainable_mask(state.params, method.freeze, False)
+    chunk = make_chunk(
+        method.objective,
+        method.optimizer,
+        method.regulariser,
+        settings.batch_size,
+        settings.eval_every,
+    )
+    finish = finish_task(method, settings.reset_per_task, jnp.zeros((1, *plan.stream.input_shape)))
+    task0 = jnp.int32(0)
+    return str(jax.make_jaxpr(chunk)(state, plan.train, plan.test, task0, trainable)) + str(
+        jax.make_jaxpr(finish)(state, plan.train, task0)
+    )
+
+
+def check_continuous(config: dict, method_name: str, grid: dict[str, list], plan) -> None:
+    """Raises ConfigError for a grid key whose values change the compiled program."""
+    settings = runner.train_settings(config)
+    spec = runner.method_specs(config, [method_name])[method_name]
+    base = _program_text(plan.methods[0], plan, settings)
+    for key, values in grid.items():
+        for value in values:
+            cfg = _with(config, {key: value})
+            method = runner.build_method(method_name, spec, cfg, plan.stream, plan.train, plan.key)
+            if _program_text(method, plan, settings) != base:
+                raise ConfigError(
+                    f"{key} is not continuous: {key}={_fmt(value)} changes the compiled program "
+                    f"(shapes or static choices), so it cannot be a vmapped member axis; "
+                    f"sweep it with --outer"
+                )
+
+
+def member_state(config: dict, method_name: str, plan, seed: int):
+    """A member's method (built from its own config) and its initial state (member axis 1)."""
+    init_key, run_key = jax.random.split(jax.random.key(seed))
+    spec = runner.method_specs(config, [method_name])[method_name]
+    method = runner.build_method(method_name, spec, config, plan.stream, plan.train, init_key)
+    return method, runner.initial_state(method, run_key)
+
+
+@dataclass
+class Group:
+    """The members of one compiled program: one method and one combination of outer values."""
+
+    method: str
+    outer: dict[str, Any]
+    members: list[Member]
+    config: dict
+    plan: Any = None
+
+
+def plan_sweep(
+    config: dict,
+    grid: dict[str, list],
+    seeds: int,
+    outer: dict[str, list],
+    methods: list[str] | None,
+) -> list[Group]:
+    """Checks everything and lays out the programs and their members; nothing runs yet."""
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ConfigError(f"--seeds must be a positive integer, got {seeds!r}")
+    names = list(runner.method_specs(config, methods))
+    base_seed = config.get("seed", 0)
+    groups = []
+    for combo in itertools.product(*outer.values()):
+        outer_values = dict(zip(outer, combo, strict=True))
+        cfg = _with(config, outer_values)
+        for name in names:
+            plan = runner.plan(cfg, [name])
+            check_continuous(cfg, name, grid, plan)
+            members = [
+                Member(name, dict(zip(grid, values, strict=True)), base_seed + s, outer_values)
+                for values in itertools.product(*grid.values())
+                for s in range(seeds)
+            ]
+            groups.append(Group(name, outer_values, members, cfg, plan))
+    return groups
+
+
+def run_group(group: Group, on_steps=None) -> list[Results]:
+    """Trains every member of a group as one vmapped program."""
+    plan, settings = group.plan, runner.train_settings(group.config)
+    methods, states = [], []
+    for member in group.members:
+        cfg = _with(group.config, {**member.values, "seed": member.seed})
+        method, state = member_state(cfg, group.method, plan, member.seed)
+        methods.append(method)
+        states.append(state)
+    stacked = jax.tree.map(lambda *s: jnp.concatenate(s), *states)
+    program, stacked = compile_program(
+        methods[0], stacked, plan.stream, plan.train, plan.test, settings
+    )
+    return run_program(
+        methods[0],
+        program,
+        stacked,
+        plan.stream,
+        plan.train,
+        plan.test,
+        settings,
+        names=[m.name for m in group.members],
+        on_steps=on_steps,
+    )
+
+
+def total_steps(groups: list[Group]) -> int:
+    """Training steps over all programs (each step advances every member of a program)."""
+    return sum(runner.train_settings(g.config).steps * len(g.plan.stream.tasks) for g in groups)
+
+
+def _mean_sem(xs: list[float]) -> tuple[float, float]:
+    a = np.asarray(xs, np.float64)
+    sem = float(a.std(ddof=1) / math.sqrt(len(a))) if len(a) > 1 else 0.0
+    return float(a.mean()), sem
+
+
+def old_new(r: Results) -> tuple[float, float]:
+    """Final metric on the old tasks (mean over all but the last) and on the newest task."""
+    final = r.matrix[-1]
+    return float(np.mean(final[:-1])) if len(final) > 1 else float(final[0]), float(final[-1])
+
+
+def summarize_sweep(groups: list[Group], results: list[list[Results]]) -> list[dict]:
+    """Mean and SEM over seeds per (method, outer values, grid point)."""
+    table = []
+    for group, rs in zip(groups, results, strict=True):
+        points: dict[tuple, list] = {}
+        for member, r in zip(group.members, rs, strict=True):
+            points.setdefault(tuple(member.values.items()), []).append(r)
+        for point, runs in points.items():
+            row = {
+                "method": group.method,
+                "outer": group.outer,
+                "values": dict(point),
+                "n": len(runs),
+                "diverged": sum(r.diverged is not None for r in runs),
+            }
+            row["average"] = _mean_sem([r.summary["average"] for r in runs])
+            row["first"] = _mean_sem([r.matrix[-1][0] for r in runs])
+            row["last"] = _mean_sem([r.matrix[-1][-1] for r in runs])
+            row["old"] = _mean_sem([old_new(r)[0] for r in runs])
+            forgetting = [r.summary["forgetting"] for r in runs]
+            row["forgetting"] = None if None in forgetting else _mean_sem(forgetting)
+            table.append(row)
+    return table
+
+
+def format_table(table: list[dict], metric: str) -> str:
+    """The sweep table as text: mean ± SEM over seeds."""
+
+    def cell(v):
+        return "-" if v is None else f"{v[0]:.4g} ± {v[1]:.2g}"
+
+    head = ["method", "values", "n", f"average {metric}", "first task", "last task", "forgetting"]
+    rows = [head]
+    for row in table:
+        values = (
+            ",".join(
+                f"{k.split('.')[-1]}={_fmt(v)}"
+                for k, v in {**row["outer"], **row["values"]}.items()
+            )
+            or "-"
+        )
+        n = f"{row['n']}" + (f" ({row['diverged']} diverged)" if row["diverged"] else "")
+        rows.append(
+            [
+                row["method"],
+                values,
+                n,
+                cell(row["average"]),
+                cell(row["first"]),
+                cell(row["last"]),
+                cell(row["forgetting"]),
+            ]
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    )
+
+
+def sweep_json(groups, results, table, grid, outer, seeds) -> dict:
+    """The sweep.json document."""
+    first = results[0][0]
+    members = []
+    for group, rs in zip(groups, results, strict=True):
+        for member, r in zip(group.members, rs, strict=True):
+            members.append(
+                {
+                    "name": member.name,
+                    "method": member.method,
+                    "seed": member.seed,
+                    "values": member.values,
+                    "outer": member.outer,
+                    "path": f"members/{member.method}/{member.name}",
+                    "summary": r.summary,
+                    "final": r.matrix[-1],
+                    "diverged": r.diverged,
+                }
+            )
+    return {
+        "tasks": first.tasks,
+        "metric": first.metric,
+        "higher_is_better": first.higher_is_better,
+        "grid": grid,
+        "outer": outer,
+        "seeds": seeds,
+        "methods": sorted({g.method for g in groups}),
+        "members": members,
+        "table": table,
+    }

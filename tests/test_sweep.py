@@ -1,0 +1,183 @@
+"""Sweeps: one vmapped program equals its members run alone, on one device or four."""
+
+import copy
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from helpers import run
+
+from continual import sweep as sw
+from continual.cli import main
+
+
+def tiny_config():
+    return {
+        "seed": 0,
+        "stream": {
+            "name": "split_blobs",
+            "num_tasks": 2,
+            "num_classes": 4,
+            "dim": 6,
+            "train_per_class": 20,
+            "test_per_class": 10,
+            "scenario": "class",
+        },
+        "model": {"name": "mlp", "widths": [16]},
+        "optimizer": {"name": "sgd", "learning_rate": 0.1},
+        "train": {"steps": 40, "batch_size": 8, "eval_every": 20},
+        "regularisers": {"ewc": {"strength": 1.0}, "replay": {"capacity": 10, "batch_size": 8}},
+        "methods": {"naive": {}, "ewc": {"use": ["ewc"]}, "replay": {"use": ["replay"]}},
+        "run": [],
+    }
+
+
+def sweep_results(config, grid, seeds, method, outer=None):
+    groups = sw.plan_sweep(config, grid, seeds, outer or {}, [method])
+    return groups, [sw.run_group(g) for g in groups]
+
+
+def test_a_vmapped_sweep_equals_each_member_run_alone():
+    config = tiny_config()
+    grid = {"regularisers.ewc.strength": [0.5, 50.0], "optimizer.learning_rate": [0.05, 0.2]}
+    (group,), (results,) = sweep_results(config, grid, 2, "ewc")
+    assert len(results) == 8
+    for member, r in zip(group.members, results, strict=True):
+        alone = copy.deepcopy(config)
+        alone["seed"] = member.seed
+        alone["regularisers"]["ewc"]["strength"] = member.values["regularisers.ewc.strength"]
+        alone["optimizer"]["learning_rate"] = member.values["optimizer.learning_rate"]
+        single = run(alone, ["ewc"])["ewc"]
+        np.testing.assert_allclose(r.matrix, single.matrix, atol=1e-5)
+        np.testing.assert_allclose(r.curves["values"], single.curves["values"], atol=1e-5)
+    # Members really differ: seeds and strengths change the numbers.
+    assert len({json.dumps(r.matrix) for r in results}) == 8
+
+
+def test_a_diverging_member_is_frozen_and_marked_while_others_finish():
+    config = tiny_config()
+    grid = {"optimizer.learning_rate": [0.1, 1e12]}
+    (group,), (results,) = sweep_results(config, grid, 1, "naive")
+    good, bad = results
+    assert good.diverged is None and bad.diverged is not None
+    assert bad.diverged["task"] == group.plan.stream.task_names[0]
+    assert np.isfinite(bad.matrix).all()  # frozen at its last finite parameters
+    alone = copy.deepcopy(config)
+    single = run(alone, ["naive"])["naive"]
+    np.testing.assert_allclose(good.matrix, single.matrix, atol=1e-5)
+
+
+def test_outer_values_are_separate_programs():
+    config = tiny_config()
+    groups, results = sweep_results(
+        config,
+        {"regularisers.replay.weight": [0.5, 2.0]},
+        1,
+        "replay",
+        outer={"regularisers.replay.capacity": [4, 12]},
+    )
+    assert [g.outer for g in groups] == [
+        {"regularisers.replay.capacity": 4},
+        {"regularisers.replay.capacity": 12},
+    ]
+    table = sw.summarize_sweep(groups, results)
+    assert len(table) == 4 and all(row["n"] == 1 for row in table)
+
+
+FOUR_DEVICES = """
+import json, sys
+sys.path.insert(0, "tests")
+from test_sweep import tiny_config, sweep_results
+import jax
+assert len(jax.local_devices()) == 4
+_, (results,) = sweep_results(tiny_config(), {"regularisers.ewc.strength": [0.5, 5.0, 50.0]}, 2,
+                              "ewc")
+print(json.dumps([r.matrix for r in results]))
+"""
+
+
+def test_four_devices_give_the_numbers_of_one():
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    done = subprocess.run(
+        [sys.executable, "-c", FOUR_DEVICES],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        cwd=os.path.dirname(os.path.dirname(__file__)),
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    four = json.loads(done.stdout.strip().splitlines()[-1])
+    _, (one,) = sweep_results(
+        tiny_config(), {"regularisers.ewc.strength": [0.5, 5.0, 50.0]}, 2, "ewc"
+    )
+    assert len(four) == 6  # 6 members padded to 8 on 4 devices; the padding is dropped
+    np.testing.assert_allclose(four, [r.matrix for r in one], atol=1e-5)
+
+
+def test_log_ranges_and_lists():
+    assert sw.parse_values("k", "1e0:1e3:4", 1.0) == pytest.approx([1.0, 10.0, 100.0, 1000.0])
+    assert sw.parse_values("k", "0,0.5,2", 1.0) == [0.0, 0.5, 2.0]
+    assert sw.parse_values("k", "3", 1.0) == [3.0]
+
+
+def test_sweep_command_writes_members_table_and_plots(tmp_path, capsys, monkeypatch):
+    from continual.experiments import split_blobs
+
+    monkeypatch.setattr(split_blobs, "get_config", lambda arg=None: tiny_config())
+    argv = [
+        "sweep",
+        "split_blobs",
+        "--method",
+        "ewc",
+        "--grid",
+        "regularisers.ewc.strength=1:100:3",
+        "--seeds",
+        "2",
+        "--out",
+        str(tmp_path),
+        "--quiet",
+    ]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "strength=10 " in out and "±" in out
+    (run_dir,) = (tmp_path / "split_blobs").iterdir()
+    doc = json.loads((run_dir / "sweep.json").read_text())
+    assert len(doc["members"]) == 6 and len(doc["table"]) == 3 and doc["seeds"] == 2
+    for member in doc["members"]:
+        assert (run_dir / member["path"] / "results.json").exists()
+    assert (run_dir / "plots" / "front.png").exists() and (
+        run_dir / "plots" / "average.png"
+    ).exists()
+
+
+BAD = {
+    "unknown key": (["--grid", "regularisers.ewc.nope=1,2"], "unknown config key"),
+    "not continuous": (
+        ["--method", "replay", "--grid", "regularisers.replay.capacity=4,8"],
+        "regularisers.replay.capacity is not continuous",
+    ),
+    "not a member axis": (["--grid", "train.steps=20,40"], "cannot be a member axis"),
+    "empty grid": (["--grid", "regularisers.ewc.strength="], "empty grid"),
+    "zero seeds": (["--seeds", "0"], "--seeds must be a positive integer"),
+    "bad range": (["--grid", "regularisers.ewc.strength=0:10:3"], "LOW, HIGH > 0"),
+    "seed as grid": (["--grid", "seed=1,2"], "--seeds N"),
+}
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_bad_sweeps_are_one_line_exit_2_nothing_written(case, tmp_path, capsys, monkeypatch):
+    from continual.experiments import split_blobs
+
+    monkeypatch.setattr(split_blobs, "get_config", lambda arg=None: tiny_config())
+    extra, message = BAD[case]
+    argv = ["sweep", "split_blobs", *extra, "--out", str(tmp_path / "runs"), "--quiet"]
+    if "--method" not in extra:
+        argv += ["--method", "ewc"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "runs").exists()
