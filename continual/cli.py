@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -48,8 +50,24 @@ def _parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--arg", default=None, help="the argument passed to get_config(arg)")
     r.add_argument("--out", default="runs", help="parent of the run directory (default: runs)")
+    r.add_argument("--name", default=None, help="run directory name (default: a time stamp)")
+    r.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run directory (--name, or the newest) from its checkpoints",
+    )
+    r.add_argument("--overwrite", action="store_true", help="replace an existing --name run")
+    r.add_argument(
+        "--allow-config-change",
+        action="store_true",
+        help="with --resume: accept a config that differs from the run's",
+    )
     r.add_argument("--no-plots", action="store_true", help="skip the figures")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
+    rs = sub.add_parser("resume", help="continue an interrupted run from its newest checkpoint")
+    rs.add_argument("run_dir")
+    rs.add_argument("--no-plots", action="store_true")
+    rs.add_argument("--quiet", action="store_true")
     sw = sub.add_parser("sweep", help="train hyperparameter values x seeds as one program")
     sw.add_argument("experiment", help="experiment name (see `continual list`)")
     sw.add_argument(
@@ -108,32 +126,153 @@ def _enable_compilation_cache() -> None:
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
-def _run(args) -> int:
+class _StopFlag:
+    """SIGINT / SIGTERM ask the run to checkpoint and stop at the next chunk boundary; a
+    second SIGINT interrupts at once."""
 
-    from continual import results as res
+    def __init__(self):
+        self.signal = None
+
+    def __call__(self) -> bool:
+        return self.signal is not None
+
+    def install(self):
+        def handler(signum, frame):
+            if self.signal is not None and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            self.signal = signum
+            print(
+                "continual: stopping at the next chunk boundary (checkpointing first)",
+                file=sys.stderr,
+            )
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, handler)
+        return self
+
+
+def _choose_run_dir(args, config) -> tuple[Path, bool]:
+    """The run directory, and whether this run resumes it."""
+    from continual import runner
+
+    base = Path(args.out) / args.experiment
+    if args.resume and not args.name:
+        existing = (
+            sorted(p for p in base.glob("*") if (p / "config.json").exists())
+            if base.is_dir()
+            else []
+        )
+        if not existing:
+            raise ValueError(f"--resume: no run of {args.experiment!r} under {str(base)!r}")
+        run_dir = existing[-1]
+    else:
+        run_dir = base / args.name if args.name else runner.run_dir_for(args.out, args.experiment)
+    if not run_dir.exists():
+        if args.resume:
+            raise ValueError(f"--resume: run directory {str(run_dir)!r} does not exist")
+        return run_dir, False
+    if args.overwrite:
+        shutil.rmtree(run_dir)
+        return run_dir, False
+    if not args.resume:
+        raise ValueError(
+            f"run directory {str(run_dir)!r} exists; pass --resume to continue it "
+            "or --overwrite to replace it"
+        )
+    saved = json.loads((run_dir / "config.json").read_text())
+    if saved != config and not args.allow_config_change:
+        changed = sorted(_differences(saved, config))
+        raise ValueError(
+            f"config differs from the run's ({', '.join(changed[:3])}); pass "
+            "--allow-config-change to resume anyway"
+        )
+    return run_dir, True
+
+
+def _differences(a, b, prefix="") -> set[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = set()
+        for k in set(a) | set(b):
+            out |= _differences(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return set() if a == b else {prefix.rstrip(".")}
+
+
+def _run(args) -> int:
     from continual import runner
     from continual.config import apply_overrides, load_experiment
 
     _enable_compilation_cache()
     module = load_experiment(args.experiment)
-    config = apply_overrides(module.get_config(args.arg), args.overrides)
+    config = runner.with_defaults(module.get_config(args.arg))
+    config = apply_overrides(config, args.overrides)
     plan = runner.plan(config, args.methods)
-    run_dir = runner.run_dir_for(args.out, args.experiment)
-    try:
-        run_dir.mkdir(parents=True)
-    except OSError as e:
-        raise ValueError(f"cannot create run directory {str(run_dir)!r}: {e.strerror}") from None
-    res.write_json(run_dir / "config.json", config)
+    run_dir, resume = _choose_run_dir(args, config)
+    return _execute(args, module, plan, run_dir, resume)
 
+
+def _resume(args) -> int:
+    from continual import runner
+    from continual.config import load_experiment
+
+    run_dir = Path(args.run_dir)
+    meta = run_dir / "run.json"
+    if not meta.exists():
+        raise FileNotFoundError(f"{str(run_dir)!r} is not a run directory (no run.json)")
+    try:
+        info = json.loads(meta.read_text())
+        config = json.loads((run_dir / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read the run in {str(run_dir)!r}: {e}") from None
+    _enable_compilation_cache()
+    module = load_experiment(info["experiment"])
+    plan = runner.plan(config, info["methods"])
+    args.experiment = info["experiment"]
+    return _execute(args, module, plan, run_dir, True)
+
+
+def _execute(args, module, plan, run_dir: Path, resume: bool) -> int:
+    from continual import results as res
+    from continual import runner
+    from continual.loop import Interrupted
+
+    if not resume:
+        try:
+            run_dir.mkdir(parents=True)
+        except OSError as e:
+            raise ValueError(
+                f"cannot create run directory {str(run_dir)!r}: {e.strerror}"
+            ) from None
+        res.write_json(run_dir / "config.json", plan.config)
+        res.write_json(
+            run_dir / "run.json",
+            {"experiment": args.experiment, "methods": [m.name for m in plan.methods]},
+        )
+    stop = _StopFlag().install()
     bar = _progress(plan.total_steps, args.quiet)
     finished = {}
 
     def on_result(r):
+        if not (run_dir / r.method / "results.json").exists():
+            res.save_results(run_dir, r)
         finished[r.method] = r
-        res.save_results(run_dir, r)
 
     try:
-        runner.execute(plan, on_steps=bar.update if bar else None, on_result=on_result)
+        runner.execute(
+            plan,
+            on_steps=bar.update if bar else None,
+            on_result=on_result,
+            run_dir=run_dir,
+            resume=resume,
+            should_stop=stop,
+        )
+    except Interrupted as e:
+        name = signal.Signals(stop.signal).name if stop.signal else "a signal"
+        print(
+            f"continual: {e} ({name}); checkpoint saved. Resume with: continual resume {run_dir}",
+            file=sys.stderr,
+        )
+        return 128 + int(stop.signal or signal.SIGINT)
     finally:
         if bar is not None:
             bar.close()
@@ -252,6 +391,8 @@ def main(argv: list[str] | None = None) -> int:
             return _list()
         if args.command == "sweep":
             return _sweep(args)
+        if args.command == "resume":
+            return _resume(args)
         return _plot(args)
     except DivergenceError as e:
         return _fail(str(e), 1)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
 import jax
@@ -17,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from continual.checkpoint import fault_point
 from continual.evaluate import evaluate_tasks, summarize
 from continual.train import DivergenceError, make_chunk, make_consolidate, reset_optimizer
 from continual.types import Results, Stream, TaskData, TrainState, union
@@ -59,6 +61,18 @@ def finish_task(method, reset: bool, probes) -> Callable:
     return finish
 
 
+def member_functions(method, settings: Settings, probes) -> tuple[Callable, Callable]:
+    """One member's pure chunk and end-of-task functions (before vmapping)."""
+    chunk = make_chunk(
+        method.objective,
+        method.optimizer,
+        method.regulariser,
+        settings.batch_size,
+        settings.eval_every,
+    )
+    return chunk, finish_task(method, settings.reset_per_task, probes)
+
+
 def trainable_mask(params, freeze: list[str], frozen: bool):
     """0/1 per leaf: a leaf whose path names any of `freeze` gets 0 when `frozen`."""
 
@@ -98,15 +112,9 @@ def compile_program(
     trainable = trainable_mask(params0, method.freeze, False)
     task0 = jnp.int32(0)
     t0 = time.perf_counter()
-    chunk = make_chunk(
-        method.objective,
-        method.optimizer,
-        method.regulariser,
-        settings.batch_size,
-        settings.eval_every,
-    )
+    chunk, finish = member_functions(method, settings, probes)
     chunk = jax.vmap(chunk, in_axes=(0, None, None, None, None))
-    finish = jax.vmap(finish_task(method, settings.reset_per_task, probes), in_axes=(0, None, None))
+    finish = jax.vmap(finish, in_axes=(0, None, None))
     evaluate = jax.vmap(lambda p, t: evaluate_tasks(method.objective, p, t), in_axes=(0, None))
     lowered = (
         jax.jit(chunk, donate_argnums=0).lower(states, data, test, task0, trainable),
@@ -118,8 +126,41 @@ def compile_program(
     return program, states
 
 
-def _to_list(tree):
-    return jax.tree.map(lambda a: np.asarray(a).tolist(), tree)
+class Interrupted(RuntimeError):
+    """A stop was asked for (SIGINT / SIGTERM); the state was checkpointed first."""
+
+
+@dataclass
+class Progress:
+    """Where the loop is and what it has recorded: with the states, all a checkpoint needs.
+
+    JSON-serialisable (a missing value is None)."""
+
+    row: int = 0  # the task row being trained
+    chunk: int = 0  # chunks of that row already done
+    step: int = 0  # steps done over all rows
+    steps: list[int] = field(default_factory=list)  # step of every evaluation
+    training_task: list[int] = field(default_factory=list)
+    values: list = field(default_factory=list)  # every evaluation: (members, tasks)
+    last_loss: list = field(default_factory=list)  # per member
+    diverged: list = field(default_factory=list)  # per member: None or {task, step, ...}
+    params: list = field(default_factory=list)  # per finished row, per member (small models)
+    probes: list = field(default_factory=list)  # per finished row, per member
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict) -> Progress:
+        return cls(**d)
+
+
+def _tolist(a) -> list:
+    return np.asarray(a, np.float64).tolist()
+
+
+def _member(tree, i: int):
+    return jax.tree.map(lambda a: np.asarray(a)[i].tolist(), tree)
 
 
 def run_program(
@@ -133,12 +174,19 @@ def run_program(
     names: list[str] | None = None,
     on_steps: Callable | None = None,
     stop_on_divergence: bool = False,
+    progress: Progress | None = None,
+    checkpoint: Callable | None = None,
+    checkpoint_every: int = 0,
+    should_stop: Callable[[], bool] | None = None,
 ) -> list[Results]:
     """Trains every member through the stream; one Results per real member.
 
     A member whose loss goes non-finite stays frozen at its last finite state and is marked
     `diverged` (task, step, last finite loss); with `stop_on_divergence` (a single run) the
-    first divergence raises DivergenceError instead.
+    first divergence raises DivergenceError instead. With `checkpoint(states, progress)` the
+    loop saves at the end of every task and every `checkpoint_every` chunks; `progress` (from a
+    checkpoint) resumes where it left off, and `should_stop()` turns into a checkpoint and
+    Interrupted at the next chunk boundary.
     """
     m = program.members
     names = names or [method.name] * m
@@ -146,49 +194,71 @@ def run_program(
     num_chunks = num_steps // settings.eval_every
     rows = ["joint"] if method.joint else stream.task_names
     t0 = time.perf_counter()
-    initial = np.asarray(program.evaluate(states.params, test))[:m]  # (M, T)
-    steps_seen, values_seen, params_log, probes_log = [0], [initial], [], []
-    training_task = [0]
-    last_loss = np.full(m, np.nan)
-    diverged: list[dict | None] = [None] * m
-    step = 0
-    for row, row_name in enumerate(rows):
+    if progress is None:
+        initial = np.asarray(program.evaluate(states.params, test))[:m]  # (M, T)
+        progress = Progress(
+            steps=[0],
+            training_task=[0],
+            values=[_tolist(initial)],
+            last_loss=[None] * m,
+            diverged=[None] * m,
+        )
+    p = progress
+
+    def stop_requested():
+        return should_stop is not None and should_stop()
+
+    for row in range(p.row, len(rows)):
+        row_name = rows[row]
         params0 = jax.tree.map(lambda a: a[0], states.params)
         trainable = trainable_mask(params0, method.freeze, row > 0)
-        for _ in range(num_chunks):
+        while p.chunk < num_chunks:
             states, losses, values = program.chunk(
                 states, program.data, test, jnp.int32(row), trainable
             )
             losses = np.asarray(losses)[:m]
             for i in range(m):
                 bad = ~np.isfinite(losses[i])
-                if diverged[i] is None and bad.any():
+                if p.diverged[i] is None and bad.any():
                     first = int(np.argmax(bad))
-                    before = losses[i, first - 1] if first else last_loss[i]
-                    diverged[i] = {
+                    before = float(losses[i, first - 1]) if first else p.last_loss[i]
+                    p.diverged[i] = {
                         "task": row_name,
-                        "step": step + first,
-                        "last_finite_loss": None if np.isnan(before) else float(before),
+                        "step": p.step + first,
+                        "last_finite_loss": before,
                     }
                     if stop_on_divergence:
-                        raise DivergenceError(
-                            row_name, step + first, diverged[i]["last_finite_loss"]
-                        )
+                        raise DivergenceError(row_name, p.step + first, before)
                 if not bad[-1]:
-                    last_loss[i] = losses[i, -1]
-            step += losses.shape[1]
-            steps_seen.append(step)
-            training_task.append(row)
-            values_seen.append(np.asarray(values)[:m])
+                    p.last_loss[i] = float(losses[i, -1])
+            p.chunk += 1
+            p.step += losses.shape[1]
+            p.steps.append(p.step)
+            p.training_task.append(row)
+            p.values.append(_tolist(np.asarray(values)[:m]))
             if on_steps is not None:
                 on_steps(losses.shape[1])
+            stop = stop_requested()
+            due = checkpoint_every and p.chunk % checkpoint_every == 0
+            if checkpoint is not None and p.chunk < num_chunks and (due or stop):
+                checkpoint(states, p)
+            if stop and p.chunk < num_chunks:
+                raise Interrupted(f"stopped during task {row_name!r} at step {p.step}")
+            fault_point("chunk")
         if settings.record_params:
-            params_log.append(jax.tree.map(lambda a: np.asarray(a)[:m], states.params))
+            p.params.append([_member(states.params, i) for i in range(m)])
         states, out = program.finish(states, train, jnp.int32(row))
-        probes_log.append(np.asarray(out)[:m])
+        p.probes.append(np.asarray(out)[:m].tolist())
+        p.row, p.chunk = row + 1, 0
+        if checkpoint is not None:
+            checkpoint(states, p)
+        fault_point("task")
+        if stop_requested() and p.row < len(rows):
+            raise Interrupted(f"stopped after task {row_name!r} at step {p.step}")
     jax.block_until_ready(states)
     run_s = time.perf_counter() - t0
-    values_all = np.stack(values_seen, axis=1)  # (M, evals, T)
+    values_all = np.asarray(p.values, np.float64).transpose(1, 0, 2)  # (M, evals, T)
+    initial = values_all[:, 0]
     ends = np.cumsum([num_chunks] * len(rows))  # eval index at the end of each row
     lik = method.objective.likelihood
     out = []
@@ -203,15 +273,15 @@ def run_program(
             initial=initial[i].tolist(),
             summary=summarize(matrix, initial[i], lik.higher_is_better),
             curves={
-                "step": steps_seen,
-                "training_task": training_task,
+                "step": p.steps,
+                "training_task": p.training_task,
                 "values": values_all[i].tolist(),
             },
             timing={"compile_s": program.compile_s, "run_s": run_s},
-            params=[_to_list(jax.tree.map(lambda a, i=i: a[i], p)) for p in params_log] or None,
-            probes=[p[i].tolist() for p in probes_log] if stream.probes is not None else None,
+            params=[row[i] for row in p.params] or None,
+            probes=[row[i] for row in p.probes] if stream.probes is not None else None,
             rows=rows,
-            diverged=diverged[i],
+            diverged=p.diverged[i],
         )
         out.append(results)
     return out

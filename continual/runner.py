@@ -8,6 +8,7 @@ matrix) -> consolidate. The `joint` baseline trains once on the union of all tas
 from __future__ import annotations
 
 import functools
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,12 @@ def _build_ewc(objective, stream, train, **kw):
 
 
 def _build_replay(objective, stream, train, **kw):
+    total = sum(len(t.train["x"]) for t in stream.tasks)
+    capacity = kw.get("capacity")
+    if isinstance(capacity, int) and capacity > total:
+        raise ValueError(
+            f"capacity {capacity} is larger than the stream's {total} training examples"
+        )
     return replay(objective, example_x=train.x[0, 0], example_y=train.y[0, 0], **kw)
 
 
@@ -183,6 +190,7 @@ def plan(config: dict, selected: list[str] | None = None) -> Plan:
     """Checks the whole config and builds every part; nothing is trained or written yet."""
     seed = number(config.get("seed", 0), "seed", 0, integer=True)
     train_settings(config)
+    checkpoint_settings(config)
     stream = build_stream(config)
     train, test = stack_tasks(stream.tasks, "train"), stack_tasks(stream.tasks, "test")
     init_key, run_key = jax.random.split(jax.random.key(seed))
@@ -199,15 +207,73 @@ def initial_state(method: Method, key) -> TrainState:
     return jax.tree.map(lambda a: a[None], state)
 
 
-def execute(p: Plan, on_steps=None, on_result=None) -> dict[str, Results]:
+CHECKPOINT_DEFAULTS = {"enabled": True, "every_chunks": 0, "keep": 3}
+
+
+def with_defaults(config: dict) -> dict:
+    """The config with every optional section present (so that --set can reach its keys)."""
+    out = dict(config)
+    out["checkpoint"] = {**CHECKPOINT_DEFAULTS, **config.get("checkpoint", {})}
+    return out
+
+
+def checkpoint_settings(config: dict) -> dict:
+    """The checked checkpoint section: enabled (at the end of every task), every_chunks (also
+    every that many chunks; 0: only at task ends), keep (the newest that many)."""
+    c = {**CHECKPOINT_DEFAULTS, **config.get("checkpoint", {})}
+    unknown = set(c) - set(CHECKPOINT_DEFAULTS)
+    if unknown:
+        raise ConfigError(f"checkpoint: unknown key {sorted(unknown)[0]!r}")
+    number(c["every_chunks"], "checkpoint.every_chunks", 0, integer=True)
+    number(c["keep"], "checkpoint.keep", 1, integer=True)
+    if not isinstance(c["enabled"], bool):
+        raise ConfigError("checkpoint.enabled must be true or false")
+    return c
+
+
+def execute(
+    p: Plan,
+    on_steps=None,
+    on_result=None,
+    run_dir: Path | None = None,
+    resume: bool = False,
+    should_stop=None,
+) -> dict[str, Results]:
     """Runs every method of a plan (one member each); `on_result(results)` is called as each
-    one finishes. A non-finite loss raises DivergenceError naming the task and step."""
+    one finishes. A non-finite loss raises DivergenceError naming the task and step.
+
+    With a `run_dir`, each method checkpoints into <run_dir>/<method>/checkpoints (see the
+    config's checkpoint section); `resume` skips methods whose results.json exists and resumes
+    the others from their newest readable checkpoint, giving the numbers of an uninterrupted run.
+    """
     settings = train_settings(p.config)
+    ckpt = checkpoint_settings(p.config)
     out = {}
     for m in p.methods:
+        done = run_dir / m.name / "results.json" if run_dir else None
+        if resume and done is not None and done.exists():
+            out[m.name] = Results.from_json(json.loads(done.read_text()))
+            if on_result is not None:
+                on_result(out[m.name])
+            continue
         program, states = compile_program(
             m, initial_state(m, p.key), p.stream, p.train, p.test, settings
         )
+        progress, save = None, None
+        if run_dir is not None and ckpt["enabled"]:
+            from continual.checkpoint import Checkpointer
+            from continual.loop import Progress
+
+            checkpointer = Checkpointer(run_dir / m.name / "checkpoints", ckpt["keep"])
+            if resume:
+                restored = checkpointer.restore_latest(states)
+                if restored is not None:
+                    states = jax.device_put(restored[0], program.sharding)
+                    progress = Progress.from_json(restored[1])
+
+            def save(states, progress, checkpointer=checkpointer):
+                checkpointer.save(progress.step, states, progress.to_json())
+
         (out[m.name],) = run_program(
             m,
             program,
@@ -218,6 +284,10 @@ def execute(p: Plan, on_steps=None, on_result=None) -> dict[str, Results]:
             settings,
             on_steps=on_steps,
             stop_on_divergence=True,
+            progress=progress,
+            checkpoint=save,
+            checkpoint_every=ckpt["every_chunks"],
+            should_stop=should_stop,
         )
         if on_result is not None:
             on_result(out[m.name])

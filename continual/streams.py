@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from continual.data import synthetic, toy
+from continual.data import mnist1d, synthetic, toy
 from continual.types import SCENARIOS, Stream, Task
 
 
@@ -79,4 +79,9 @@ def split_blobs(
     return split("blobs", *data, num_tasks=num_tasks, scenario=scenario)
 
 
-STREAMS = {"linear_toy": linear_toy, "split_blobs": split_blobs}
+def split_mnist1d(num_tasks: int = 5, scenario: str = "class") -> Stream:
+    """MNIST-1D's ten digits split into tasks of consecutive classes (generated, no download)."""
+    return split("mnist1d", *mnist1d.load(), num_tasks=num_tasks, scenario=scenario)
+
+
+STREAMS = {"linear_toy": linear_toy, "split_blobs": split_blobs, "split_mnist1d": split_mnist1d}

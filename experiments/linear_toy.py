@@ -26,7 +26,7 @@ def get_config(arg=None):
         "train": {"steps": 1000, "batch_size": 0, "eval_every": 25, "record_params": True},
         "regularisers": {
             "l2": {"strength": 1.0},
-            "ewc": {"strength": 1.0, "estimator": "exact", "mode": "separate"},
+            "ewc": {"strength": 1.0, "estimator": "exact", "mode": "separate", "gamma": 1.0},
             "replay": {"capacity": 2, "weight": 1.0, "batch_size": 0},
         },
         "methods": {
@@ -38,6 +38,7 @@ def get_config(arg=None):
             "joint": {"joint": True},
         },
         "run": [],  # empty: every method above, in order
+        "checkpoint": {"enabled": False},  # trains in milliseconds: nothing worth resuming
     }
 
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -104,6 +105,57 @@ BAD = {
     "bad model": (["run", "linear_toy", "--set", "model.name=resnet"], "unknown model 'resnet'"),
     "not key=value": (["run", "linear_toy", "--set", "train.steps"], "not of the form key=value"),
     "missing run dir": (["plot", "/nonexistent/run"], "does not exist"),
+    "resume missing dir": (["resume", "/nonexistent/run"], "is not a run directory"),
+    "resume without runs": (["run", "linear_toy", "--resume"], "--resume: no run"),
+    "zero eval_every": (
+        ["run", "linear_toy", "--set", "train.eval_every=0"],
+        "train.eval_every must be >= 1",
+    ),
+    "negative batch": (
+        ["run", "linear_toy", "--set", "train.batch_size=-4"],
+        "train.batch_size must be >= 0",
+    ),
+    "negative seed": (["run", "linear_toy", "--set", "seed=-1"], "seed must be >= 0"),
+    "negative gamma": (
+        ["run", "linear_toy", "--set", "regularisers.ewc.gamma=-1"],
+        "gamma must be >= 0",
+    ),
+    "negative replay weight": (
+        ["run", "linear_toy", "--set", "regularisers.replay.weight=-1"],
+        "weight must be >= 0",
+    ),
+    "zero learning rate": (
+        ["run", "linear_toy", "--set", "optimizer.learning_rate=0"],
+        "learning_rate must be > 0",
+    ),
+    "bad mode": (
+        ["run", "linear_toy", "--set", "regularisers.ewc.mode=sometimes"],
+        "unknown EWC mode",
+    ),
+    "buffer larger than data": (
+        ["run", "linear_toy", "--set", "regularisers.replay.capacity=99"],
+        "larger than the stream's 3 training examples",
+    ),
+    "zero keep": (
+        ["run", "linear_toy", "--set", "checkpoint.keep=0"],
+        "checkpoint.keep must be >= 1",
+    ),
+    "bad bool": (
+        ["run", "linear_toy", "--set", "train.record_params=maybe"],
+        "must be true or false",
+    ),
+    "bad scenario": (
+        ["run", "split_blobs", "--set", "stream.scenario=nope"],
+        "unknown scenario 'nope'",
+    ),
+    "uneven split": (
+        ["run", "split_blobs", "--set", "stream.num_tasks=3"],
+        "cannot split 10 classes into 3",
+    ),
+    "bad widths": (
+        ["run", "split_blobs", "--set", "model.widths=a,b"],
+        "model.widths must be an integer",
+    ),
     "unknown command": (["fly"], "invalid choice"),
 }
 
@@ -113,13 +165,27 @@ def test_bad_input_is_one_line_exit_2_nothing_written(case, tmp_path, capsys):
     argv, message = BAD[case]
     if argv[0] == "run":
         argv = [*argv, "--out", str(tmp_path / "runs")]
+        if "--resume" in argv:
+            (tmp_path / "runs").mkdir()  # an empty output folder: nothing to resume
     with pytest.raises(SystemExit) if case == "unknown command" else _nothing():
         code = main(argv)
         assert code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("continual: error: "), err
     assert message in err
-    assert not (tmp_path / "runs").exists()
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_corrupt_run_files_are_one_line_errors(run_dir, tmp_path, capsys):
+    broken = tmp_path / "broken"
+    shutil.copytree(run_dir, broken)
+    (broken / "naive" / "results.json").write_text('{"method": "naive", "tasks": [')
+    assert main(["plot", str(broken)]) == 2
+    assert "cannot read" in capsys.readouterr().err
+    (broken / "run.json").write_text("{not json")
+    assert main(["resume", str(broken)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot read the run" in err
 
 
 def test_read_only_output_directory(tmp_path, capsys):

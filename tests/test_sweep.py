@@ -8,10 +8,11 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import run
 
 from continual import sweep as sw
 from continual.cli import main
+
+from helpers import run
 
 
 def tiny_config():

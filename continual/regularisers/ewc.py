@@ -23,7 +23,8 @@ from continual.regularisers.base import check_nonnegative, quadratic, regularise
 
 ESTIMATORS = ("exact", "empirical", "sampled")
 MODES = ("separate", "online")
-_CHUNK_FLOATS = 2**24  # per-chunk budget for per-example gradients (64 MiB of float32)
+_CHUNK_FLOATS = 2**21  # per-chunk budget for per-example gradients (8 MiB of float32 per
+# member: a sweep vmaps this over its members)
 
 
 class EWCState(NamedTuple):

@@ -1,0 +1,117 @@
+"""Checkpoints of a method's whole run state with orbax, and their restoration.
+
+A checkpoint holds the stacked TrainStates (params, optimizer state, regulariser state such as
+Fisher slots, anchors and replay buffers, PRNG keys as key data, step) and the loop's Progress
+(where it is, the metric matrix and curves so far, divergence marks) as JSON. orbax writes each
+checkpoint to a temporary directory and renames it when complete; the last `keep` are kept. A
+checkpoint that cannot be read is skipped with a warning, and the one before it is used.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+_FAULTS: Counter = Counter()
+
+
+def fault_point(name: str) -> None:
+    """Fault injection for the resume tests: with CONTINUAL_FAULT=name:N[:SIGNAL] in the
+    environment, the N-th time the run reaches this point it sends itself SIGNAL (default KILL:
+    no cleanup at all, as in a crash)."""
+    spec = os.environ.get("CONTINUAL_FAULT", "").split(":")
+    if spec[0] != name:
+        return
+    _FAULTS[name] += 1
+    if _FAULTS[name] == int(spec[1]):
+        os.kill(os.getpid(), getattr(signal, "SIG" + (spec[2] if len(spec) > 2 else "KILL")))
+
+
+def _is_key(a) -> bool:
+    return jnp.issubdtype(a.dtype, jax.dtypes.prng_key)
+
+
+def to_saveable(states):
+    """Typed PRNG keys become their key data (plain uint32 arrays)."""
+    return jax.tree.map(lambda a: jax.random.key_data(a) if _is_key(a) else a, states)
+
+
+def from_saveable(saved, template):
+    """Inverse of to_saveable, guided by a template of the original states."""
+    return jax.tree.map(
+        lambda s, t: (
+            jax.random.wrap_key_data(jnp.asarray(s), impl=jax.random.key_impl(t))
+            if _is_key(t)
+            else jnp.asarray(s, t.dtype)
+        ),
+        saved,
+        template,
+    )
+
+
+class Checkpointer:
+    """The checkpoints of one method's run: `directory/<step>/`."""
+
+    def __init__(self, directory: Path, keep: int = 3):
+        import orbax.checkpoint as ocp
+
+        self._ocp = ocp
+        self.directory = Path(directory).absolute()
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep,
+            create=True,
+            cleanup_tmp_directories=True,
+        )
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def save(self, step: int, states, progress: dict) -> None:
+        """Saves the states and the progress as checkpoint `step` (written atomically)."""
+        ocp = self._ocp
+        self.manager.save(
+            step,
+            args=ocp.args.Composite(
+                states=ocp.args.StandardSave(to_saveable(states)),
+                progress=ocp.args.JsonSave(progress),
+            ),
+            force=True,
+        )
+        fault_point("checkpoint_write")  # the write may still be going on in the background
+        self.manager.wait_until_finished()
+
+    def restore_latest(self, template):
+        """(states, progress) of the newest readable checkpoint, or None if there is none.
+
+        `template` is a TrainState of the right structure, shapes and devices (fresh initial
+        states); unreadable checkpoints are skipped with a warning."""
+        ocp = self._ocp
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, to_saveable(template))
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                got = self.manager.restore(
+                    step,
+                    args=ocp.args.Composite(
+                        states=ocp.args.StandardRestore(abstract), progress=ocp.args.JsonRestore()
+                    ),
+                )
+                return from_saveable(got["states"], template), got["progress"]
+            except Exception as e:  # any failure to read means: move it aside, use an older one
+                aside = self.directory.parent / "corrupt_checkpoints" / str(step)
+                warnings.warn(
+                    f"checkpoint {self.directory / str(step)} is unreadable "
+                    f"({type(e).__name__}: {str(e)[:200]}); moved to {aside}, trying an older one",
+                    stacklevel=2,
+                )
+                aside.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(str(self.directory / str(step)), aside)
+                self.manager.reload()
+        return None
+
+    def close(self) -> None:
+        self.manager.close()

@@ -1,0 +1,120 @@
+"""Checkpoints and exact resume: SIGKILL at several points, SIGTERM, corrupt checkpoints."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+RUN = [
+    "run",
+    "split_blobs",
+    "--quiet",
+    "--no-plots",
+    "--method",
+    "naive",
+    "--method",
+    "ewc+replay",
+    "--set",
+    "train.steps=100",
+    "--set",
+    "train.eval_every=50",
+    "--set",
+    "checkpoint.every_chunks=1",
+    "--set",
+    "stream.num_tasks=2",
+    "--set",
+    "stream.train_per_class=40",
+    "--set",
+    "stream.test_per_class=20",
+]
+METHODS = ("naive", "ewc+replay")
+
+
+def cli(args, out, fault=None):
+    env = {k: v for k, v in os.environ.items() if k != "CONTINUAL_FAULT"}
+    if fault:
+        env["CONTINUAL_FAULT"] = fault
+    return subprocess.run(
+        [sys.executable, "-m", "continual.cli", *args],
+        cwd=out,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def results(run_dir: Path) -> dict:
+    out = {}
+    for m in METHODS:
+        r = json.loads((run_dir / m / "results.json").read_text())
+        r.pop("timing")  # wall-clock seconds are the only numbers allowed to differ
+        out[m] = r
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref")
+    done = cli([*RUN, "--out", str(out), "--name", "full"], out)
+    assert done.returncode == 0, done.stderr
+    return results(out / "split_blobs" / "full")
+
+
+@pytest.mark.parametrize(
+    "fault", ["chunk:3", "task:1", "task:3", "checkpoint_write:2", "checkpoint_write:5"]
+)
+def test_sigkill_then_resume_gives_the_uninterrupted_results(fault, reference, tmp_path):
+    killed = cli([*RUN, "--out", str(tmp_path), "--name", "x"], tmp_path, fault=fault)
+    assert killed.returncode == -9, killed.stderr
+    run_dir = tmp_path / "split_blobs" / "x"
+    done = cli(["resume", str(run_dir), "--quiet", "--no-plots"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert results(run_dir) == reference
+
+
+def test_sigterm_checkpoints_and_exits_cleanly(reference, tmp_path):
+    stopped = cli([*RUN, "--out", str(tmp_path), "--name", "x"], tmp_path, fault="chunk:2:TERM")
+    assert stopped.returncode == 128 + 15, stopped.stderr
+    assert "Resume with: continual resume" in stopped.stderr
+    run_dir = tmp_path / "split_blobs" / "x"
+    again = cli([*RUN, "--out", str(tmp_path), "--name", "x", "--resume"], tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert results(run_dir) == reference
+
+
+def test_a_corrupt_newest_checkpoint_is_skipped_with_a_warning(reference, tmp_path):
+    killed = cli([*RUN, "--out", str(tmp_path), "--name", "x"], tmp_path, fault="chunk:4")
+    assert killed.returncode == -9
+    ckpts = tmp_path / "split_blobs" / "x" / "naive" / "checkpoints"
+    steps = sorted((p for p in ckpts.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+    assert len(steps) >= 2
+    for f in (steps[-1] / "states").rglob("*"):
+        if f.is_file():
+            f.write_bytes(b"garbage")
+    done = cli(["resume", str(tmp_path / "split_blobs" / "x"), "--quiet", "--no-plots"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "is unreadable" in done.stderr
+    assert results(tmp_path / "split_blobs" / "x") == reference
+
+
+def test_existing_run_needs_resume_or_overwrite_and_the_same_config(reference, tmp_path):
+    base = [*RUN, "--out", str(tmp_path), "--name", "x"]
+    assert cli(base, tmp_path).returncode == 0
+    again = cli(base, tmp_path)
+    assert again.returncode == 2 and "pass --resume" in again.stderr
+    changed = cli([*base, "--resume", "--set", "regularisers.ewc.strength=5"], tmp_path)
+    assert changed.returncode == 2 and "regularisers.ewc.strength" in changed.stderr
+    assert changed.stderr.count("\n") == 1
+    allowed = cli(
+        [*base, "--resume", "--set", "regularisers.ewc.strength=5", "--allow-config-change"],
+        tmp_path,
+    )
+    assert allowed.returncode == 0, allowed.stderr  # everything was finished: nothing to redo
+    fresh = cli([*base, "--overwrite"], tmp_path)
+    assert fresh.returncode == 0 and results(tmp_path / "split_blobs" / "x") == reference
+    shutil.rmtree(tmp_path / "split_blobs")
