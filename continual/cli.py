@@ -90,6 +90,10 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--method", dest="methods", action="append", default=None, metavar="NAME")
     sw.add_argument("--arg", default=None)
     sw.add_argument("--out", default="runs")
+    sw.add_argument("--name", default=None, help="sweep directory name (default: a stamp)")
+    sw.add_argument("--resume", action="store_true", help="continue the sweep directory")
+    sw.add_argument("--overwrite", action="store_true")
+    sw.add_argument("--allow-config-change", action="store_true")
     sw.add_argument("--no-plots", action="store_true")
     sw.add_argument("--quiet", action="store_true")
     sw.add_argument(
@@ -151,22 +155,24 @@ class _StopFlag:
         return self
 
 
-def _choose_run_dir(args, config) -> tuple[Path, bool]:
-    """The run directory, and whether this run resumes it."""
+def _choose_run_dir(args, config, request: dict, prefix: str = "") -> tuple[Path, bool]:
+    """The run directory, and whether this run resumes it. `request` is what run.json records
+    (experiment, methods, sweep axes); resuming needs the same config and request."""
     from continual import runner
 
     base = Path(args.out) / args.experiment
     if args.resume and not args.name:
-        existing = (
-            sorted(p for p in base.glob("*") if (p / "config.json").exists())
-            if base.is_dir()
-            else []
-        )
+        kind = request.get("kind", "run")
+        existing = sorted(p for p in base.glob("*") if _kind(p) == kind) if base.is_dir() else []
         if not existing:
             raise ValueError(f"--resume: no run of {args.experiment!r} under {str(base)!r}")
-        run_dir = existing[-1]
+        run_dir = max(existing, key=lambda p: (p / "run.json").stat().st_mtime)
     else:
-        run_dir = base / args.name if args.name else runner.run_dir_for(args.out, args.experiment)
+        run_dir = (
+            base / args.name
+            if args.name
+            else runner.run_dir_for(args.out, args.experiment, prefix=prefix)
+        )
     if not run_dir.exists():
         if args.resume:
             raise ValueError(f"--resume: run directory {str(run_dir)!r} does not exist")
@@ -179,7 +185,17 @@ def _choose_run_dir(args, config) -> tuple[Path, bool]:
             f"run directory {str(run_dir)!r} exists; pass --resume to continue it "
             "or --overwrite to replace it"
         )
-    saved = json.loads((run_dir / "config.json").read_text())
+    try:
+        saved = json.loads((run_dir / "config.json").read_text())
+        saved_request = json.loads((run_dir / "run.json").read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read the run in {str(run_dir)!r}: {e}") from None
+    if saved_request != request and not args.allow_config_change:
+        changed = sorted(_differences(saved_request, request))
+        raise ValueError(
+            f"the command differs from the run's ({', '.join(changed[:3])}); pass "
+            "--allow-config-change to resume anyway"
+        )
     if saved != config and not args.allow_config_change:
         changed = sorted(_differences(saved, config))
         raise ValueError(
@@ -187,6 +203,14 @@ def _choose_run_dir(args, config) -> tuple[Path, bool]:
             "--allow-config-change to resume anyway"
         )
     return run_dir, True
+
+
+def _kind(run_dir: Path) -> str | None:
+    """ "run" or "sweep" for a run directory (None if it is not one)."""
+    try:
+        return json.loads((run_dir / "run.json").read_text()).get("kind", "run")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _differences(a, b, prefix="") -> set[str]:
@@ -207,7 +231,8 @@ def _run(args) -> int:
     config = runner.with_defaults(module.get_config(args.arg))
     config = apply_overrides(config, args.overrides)
     plan = runner.plan(config, args.methods)
-    run_dir, resume = _choose_run_dir(args, config)
+    request = {"experiment": args.experiment, "methods": [m.name for m in plan.methods]}
+    run_dir, resume = _choose_run_dir(args, config, request)
     return _execute(args, module, plan, run_dir, resume)
 
 
@@ -225,6 +250,13 @@ def _resume(args) -> int:
     except (OSError, ValueError) as e:
         raise ValueError(f"cannot read the run in {str(run_dir)!r}: {e}") from None
     _enable_compilation_cache()
+    if info.get("kind") == "sweep":
+        for key in ("experiment", "grid", "outer", "seeds", "methods"):
+            setattr(args, key, info[key])
+        args.out, args.name, args.resume = str(run_dir.parent.parent), run_dir.name, True
+        args.overrides, args.arg, args.distributed = [], None, False
+        args.allow_config_change = args.overwrite = False
+        return _sweep(args, config)
     module = load_experiment(info["experiment"])
     plan = runner.plan(config, info["methods"])
     args.experiment = info["experiment"]
@@ -296,7 +328,7 @@ def _progress(total: int, quiet: bool):
     return tqdm(total=total, unit="step", delay=2.0, leave=False, file=sys.stderr)
 
 
-def _sweep(args) -> int:
+def _sweep(args, config: dict | None = None) -> int:
     if args.distributed:
         import jax
 
@@ -306,26 +338,61 @@ def _sweep(args) -> int:
     from continual import results as res
     from continual import sweep as sw
     from continual.config import apply_overrides, load_experiment
+    from continual.loop import Interrupted
 
-    module = load_experiment(args.experiment)
-    config = apply_overrides(module.get_config(args.arg), args.overrides)
+    if config is None:
+        module = load_experiment(args.experiment)
+        config = runner.with_defaults(module.get_config(args.arg))
+        config = apply_overrides(config, args.overrides)
     grid = sw.parse_axes(config, args.grid, "--grid")
     outer = sw.parse_axes(config, args.outer, "--outer")
     groups = sw.plan_sweep(config, grid, args.seeds, outer, args.methods)
-    run_dir = runner.run_dir_for(args.out, args.experiment, prefix="sweep-")
-    try:
-        run_dir.mkdir(parents=True)
-    except OSError as e:
-        raise ValueError(f"cannot create run directory {str(run_dir)!r}: {e.strerror}") from None
-    res.write_json(run_dir / "config.json", config)
+    request = {
+        "experiment": args.experiment,
+        "kind": "sweep",
+        "grid": args.grid,
+        "outer": args.outer,
+        "seeds": args.seeds,
+        "methods": args.methods,
+    }
+    run_dir, resume = _choose_run_dir(args, config, request, prefix="sweep-")
+    if not resume:
+        try:
+            run_dir.mkdir(parents=True)
+        except OSError as e:
+            raise ValueError(
+                f"cannot create run directory {str(run_dir)!r}: {e.strerror}"
+            ) from None
+        res.write_json(run_dir / "config.json", config)
+        res.write_json(run_dir / "run.json", request)
+    stop = _StopFlag().install()
     bar = _progress(sw.total_steps(groups), args.quiet)
     results = []
     try:
-        for group in groups:
-            rs = sw.run_group(group, on_steps=bar.update if bar else None)
+        for i, group in enumerate(groups):
+            paths = [
+                run_dir / "members" / m.method / m.name / "results.json" for m in group.members
+            ]
+            if resume and all(p.exists() for p in paths):
+                results.append([res.Results.from_json(json.loads(p.read_text())) for p in paths])
+                continue
+            rs = sw.run_group(
+                group,
+                on_steps=bar.update if bar else None,
+                directory=run_dir / "checkpoints" / str(i),
+                resume=resume,
+                should_stop=stop,
+            )
             for member, r in zip(group.members, rs, strict=True):
                 res.save_results(run_dir / "members" / member.method, r)
             results.append(rs)
+    except Interrupted as e:
+        name = signal.Signals(stop.signal).name if stop.signal else "a signal"
+        print(
+            f"continual: {e} ({name}); checkpoint saved. Resume with: continual resume {run_dir}",
+            file=sys.stderr,
+        )
+        return 128 + int(stop.signal or signal.SIGINT)
     finally:
         if bar is not None:
             bar.close()

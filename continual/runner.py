@@ -231,6 +231,30 @@ def checkpoint_settings(config: dict) -> dict:
     return c
 
 
+def checkpointing(directory: Path, config: dict, program, states, resume: bool):
+    """(states, progress, save) for a compiled program that checkpoints into `directory`: the
+    states and progress come from its newest readable checkpoint when resuming (else progress
+    is None); save is None when checkpoints are disabled."""
+    ckpt = checkpoint_settings(config)
+    if not ckpt["enabled"]:
+        return states, None, None
+    from continual.checkpoint import Checkpointer
+    from continual.loop import Progress
+
+    checkpointer = Checkpointer(directory, ckpt["keep"])
+    progress = None
+    if resume:
+        restored = checkpointer.restore_latest(states)
+        if restored is not None:
+            states = jax.device_put(restored[0], program.sharding)
+            progress = Progress.from_json(restored[1])
+
+    def save(states, progress):
+        checkpointer.save(progress.step, states, progress.to_json())
+
+    return states, progress, save
+
+
 def execute(
     p: Plan,
     on_steps=None,
@@ -260,20 +284,10 @@ def execute(
             m, initial_state(m, p.key), p.stream, p.train, p.test, settings
         )
         progress, save = None, None
-        if run_dir is not None and ckpt["enabled"]:
-            from continual.checkpoint import Checkpointer
-            from continual.loop import Progress
-
-            checkpointer = Checkpointer(run_dir / m.name / "checkpoints", ckpt["keep"])
-            if resume:
-                restored = checkpointer.restore_latest(states)
-                if restored is not None:
-                    states = jax.device_put(restored[0], program.sharding)
-                    progress = Progress.from_json(restored[1])
-
-            def save(states, progress, checkpointer=checkpointer):
-                checkpointer.save(progress.step, states, progress.to_json())
-
+        if run_dir is not None:
+            states, progress, save = checkpointing(
+                run_dir / m.name / "checkpoints", p.config, program, states, resume
+            )
         (out[m.name],) = run_program(
             m,
             program,

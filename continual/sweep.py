@@ -190,8 +190,11 @@ def plan_sweep(
     return groups
 
 
-def run_group(group: Group, on_steps=None) -> list[Results]:
-    """Trains every member of a group as one vmapped program."""
+def run_group(
+    group: Group, on_steps=None, directory=None, resume: bool = False, should_stop=None
+) -> list[Results]:
+    """Trains every member of a group as one vmapped program; with a `directory` it checkpoints
+    there (and resumes from it), as a run does."""
     plan, settings = group.plan, runner.train_settings(group.config)
     methods, states = [], []
     for member in group.members:
@@ -203,6 +206,11 @@ def run_group(group: Group, on_steps=None) -> list[Results]:
     program, stacked = compile_program(
         methods[0], stacked, plan.stream, plan.train, plan.test, settings
     )
+    progress, save = None, None
+    if directory is not None:
+        stacked, progress, save = runner.checkpointing(
+            directory, group.config, program, stacked, resume
+        )
     return run_program(
         methods[0],
         program,
@@ -213,6 +221,10 @@ def run_group(group: Group, on_steps=None) -> list[Results]:
         settings,
         names=[m.name for m in group.members],
         on_steps=on_steps,
+        progress=progress,
+        checkpoint=save,
+        checkpoint_every=runner.checkpoint_settings(group.config)["every_chunks"],
+        should_stop=should_stop,
     )
 
 

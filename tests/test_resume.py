@@ -118,3 +118,40 @@ def test_existing_run_needs_resume_or_overwrite_and_the_same_config(reference, t
     fresh = cli([*base, "--overwrite"], tmp_path)
     assert fresh.returncode == 0 and results(tmp_path / "split_blobs" / "x") == reference
     shutil.rmtree(tmp_path / "split_blobs")
+
+
+SWEEP = [
+    "sweep",
+    "split_blobs",
+    "--quiet",
+    "--no-plots",
+    "--method",
+    "ewc",
+    "--grid",
+    "regularisers.ewc.strength=1,100",
+    "--seeds",
+    "2",
+    *RUN[8:],
+]
+
+
+def sweep_members(run_dir: Path) -> list:
+    doc = json.loads((run_dir / "sweep.json").read_text())
+    out = []
+    for m in doc["members"]:
+        r = json.loads((run_dir / m["path"] / "results.json").read_text())
+        r.pop("timing")
+        out.append(r)
+    return out
+
+
+def test_a_killed_sweep_resumes_to_the_same_numbers(tmp_path):
+    full = cli([*SWEEP, "--out", str(tmp_path), "--name", "full"], tmp_path)
+    assert full.returncode == 0, full.stderr
+    killed = cli([*SWEEP, "--out", str(tmp_path), "--name", "x"], tmp_path, fault="chunk:3")
+    assert killed.returncode == -9, killed.stderr
+    run_dir = tmp_path / "split_blobs" / "x"
+    assert not (run_dir / "sweep.json").exists()
+    done = cli(["resume", str(run_dir), "--quiet", "--no-plots"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert sweep_members(run_dir) == sweep_members(tmp_path / "split_blobs" / "full")
