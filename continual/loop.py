@@ -98,10 +98,17 @@ def shard_members(states: TrainState) -> tuple[TrainState, NamedSharding, int]:
 
 
 def compile_program(
-    method, states: TrainState, stream: Stream, train: TaskData, test: TaskData, settings: Settings
+    method,
+    states: TrainState,
+    stream: Stream,
+    train: TaskData,
+    test: TaskData,
+    settings: Settings,
+    evaluate=None,
 ) -> tuple[Program, TrainState]:
     """Compiles `method` for the stacked `states` (leading member axis); returns the program and
-    the states placed on the devices (the compiled functions donate them)."""
+    the states placed on the devices (the compiled functions donate them). `evaluate` may be
+    another program's, when model, test data and member count are the same."""
     states, sharding, members = shard_members(states)
     replicated = NamedSharding(sharding.mesh, PartitionSpec())
     data = union(train) if method.joint else train
@@ -115,14 +122,20 @@ def compile_program(
     chunk, finish = member_functions(method, settings, probes)
     chunk = jax.vmap(chunk, in_axes=(0, None, None, None, None))
     finish = jax.vmap(finish, in_axes=(0, None, None))
-    evaluate = jax.vmap(lambda p, t: evaluate_tasks(method.objective, p, t), in_axes=(0, None))
-    lowered = (
-        jax.jit(chunk, donate_argnums=0).lower(states, data, test, task0, trainable),
-        jax.jit(finish, donate_argnums=0).lower(states, train, task0),
-        jax.jit(evaluate).lower(states.params, test),
+    if evaluate is None:
+        evaluate = jax.vmap(lambda p, t: evaluate_tasks(method.objective, p, t), in_axes=(0, None))
+        evaluate = jax.jit(evaluate).lower(states.params, test).compile()
+    chunk = jax.jit(chunk, donate_argnums=0).lower(states, data, test, task0, trainable)
+    finish = jax.jit(finish, donate_argnums=0).lower(states, train, task0)
+    program = Program(
+        data,
+        chunk.compile(),
+        finish.compile(),
+        evaluate,
+        sharding,
+        members,
+        time.perf_counter() - t0,
     )
-    compiled = [low.compile() for low in lowered]
-    program = Program(data, *compiled, sharding, members, time.perf_counter() - t0)
     return program, states
 
 

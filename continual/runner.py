@@ -272,7 +272,7 @@ def execute(
     """
     settings = train_settings(p.config)
     ckpt = checkpoint_settings(p.config)
-    out = {}
+    out, evaluate = {}, None  # every method has the same model and test data: one evaluate
     for m in p.methods:
         done = run_dir / m.name / "results.json" if run_dir else None
         if resume and done is not None and done.exists():
@@ -281,8 +281,9 @@ def execute(
                 on_result(out[m.name])
             continue
         program, states = compile_program(
-            m, initial_state(m, p.key), p.stream, p.train, p.test, settings
+            m, initial_state(m, p.key), p.stream, p.train, p.test, settings, evaluate
         )
+        evaluate = program.evaluate
         progress, save = None, None
         if run_dir is not None:
             states, progress, save = checkpointing(
