@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import signal
 import sys
 from pathlib import Path
+
+from continual import rundir
 
 EXIT_BAD_INPUT = 2
 
@@ -130,98 +130,6 @@ def _enable_compilation_cache() -> None:
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
-class _StopFlag:
-    """SIGINT / SIGTERM ask the run to checkpoint and stop at the next chunk boundary; a
-    second SIGINT interrupts at once."""
-
-    def __init__(self):
-        self.signal = None
-
-    def __call__(self) -> bool:
-        return self.signal is not None
-
-    def install(self):
-        def handler(signum, frame):
-            if self.signal is not None and signum == signal.SIGINT:
-                raise KeyboardInterrupt
-            self.signal = signum
-            print(
-                "continual: stopping at the next chunk boundary (checkpointing first)",
-                file=sys.stderr,
-            )
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, handler)
-        return self
-
-
-def _choose_run_dir(args, config, request: dict, prefix: str = "") -> tuple[Path, bool]:
-    """The run directory, and whether this run resumes it. `request` is what run.json records
-    (experiment, methods, sweep axes); resuming needs the same config and request."""
-    from continual import runner
-
-    base = Path(args.out) / args.experiment
-    if args.resume and not args.name:
-        kind = request.get("kind", "run")
-        existing = sorted(p for p in base.glob("*") if _kind(p) == kind) if base.is_dir() else []
-        if not existing:
-            raise ValueError(f"--resume: no run of {args.experiment!r} under {str(base)!r}")
-        run_dir = max(existing, key=lambda p: (p / "run.json").stat().st_mtime)
-    else:
-        run_dir = (
-            base / args.name
-            if args.name
-            else runner.run_dir_for(args.out, args.experiment, prefix=prefix)
-        )
-    if not run_dir.exists():
-        if args.resume:
-            raise ValueError(f"--resume: run directory {str(run_dir)!r} does not exist")
-        return run_dir, False
-    if args.overwrite:
-        shutil.rmtree(run_dir)
-        return run_dir, False
-    if not args.resume:
-        raise ValueError(
-            f"run directory {str(run_dir)!r} exists; pass --resume to continue it "
-            "or --overwrite to replace it"
-        )
-    try:
-        saved = json.loads((run_dir / "config.json").read_text())
-        saved_request = json.loads((run_dir / "run.json").read_text())
-    except (OSError, ValueError) as e:
-        raise ValueError(f"cannot read the run in {str(run_dir)!r}: {e}") from None
-    if saved_request != request and not args.allow_config_change:
-        changed = sorted(_differences(saved_request, request))
-        raise ValueError(
-            f"the command differs from the run's ({', '.join(changed[:3])}); pass "
-            "--allow-config-change to resume anyway"
-        )
-    if saved != config and not args.allow_config_change:
-        changed = sorted(_differences(saved, config))
-        raise ValueError(
-            f"config differs from the run's ({', '.join(changed[:3])}); pass "
-            "--allow-config-change to resume anyway"
-        )
-    return run_dir, True
-
-
-def _kind(run_dir: Path) -> str | None:
-    """ "run" or "sweep" for a run directory (None if it is not one)."""
-    try:
-        return json.loads((run_dir / "run.json").read_text()).get("kind", "run")
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
-def _differences(a, b, prefix="") -> set[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = set()
-        for k in set(a) | set(b):
-            out |= _differences(a.get(k), b.get(k), f"{prefix}{k}.")
-        return out
-    return set() if a == b else {prefix.rstrip(".")}
-
-
 def _run(args) -> int:
     from continual import runner
     from continual.config import apply_overrides, load_experiment
@@ -232,8 +140,8 @@ def _run(args) -> int:
     config = apply_overrides(config, args.overrides)
     plan = runner.plan(config, args.methods)
     request = {"experiment": args.experiment, "methods": [m.name for m in plan.methods]}
-    run_dir, resume = _choose_run_dir(args, config, request)
-    return _execute(args, module, plan, run_dir, resume)
+    run_dir, resume = rundir.choose(args, config, request)
+    return _execute(args, module, plan, run_dir, resume, request)
 
 
 def _resume(args) -> int:
@@ -260,27 +168,17 @@ def _resume(args) -> int:
     module = load_experiment(info["experiment"])
     plan = runner.plan(config, info["methods"])
     args.experiment = info["experiment"]
-    return _execute(args, module, plan, run_dir, True)
+    return _execute(args, module, plan, run_dir, True, info)
 
 
-def _execute(args, module, plan, run_dir: Path, resume: bool) -> int:
+def _execute(args, module, plan, run_dir: Path, resume: bool, request: dict) -> int:
     from continual import results as res
     from continual import runner
     from continual.loop import Interrupted
 
     if not resume:
-        try:
-            run_dir.mkdir(parents=True)
-        except OSError as e:
-            raise ValueError(
-                f"cannot create run directory {str(run_dir)!r}: {e.strerror}"
-            ) from None
-        res.write_json(run_dir / "config.json", plan.config)
-        res.write_json(
-            run_dir / "run.json",
-            {"experiment": args.experiment, "methods": [m.name for m in plan.methods]},
-        )
-    stop = _StopFlag().install()
+        rundir.create(run_dir, plan.config, request)
+    stop = rundir.StopFlag().install()
     bar = _progress(plan.total_steps, args.quiet)
     finished = {}
 
@@ -299,12 +197,7 @@ def _execute(args, module, plan, run_dir: Path, resume: bool) -> int:
             should_stop=stop,
         )
     except Interrupted as e:
-        name = signal.Signals(stop.signal).name if stop.signal else "a signal"
-        print(
-            f"continual: {e} ({name}); checkpoint saved. Resume with: continual resume {run_dir}",
-            file=sys.stderr,
-        )
-        return 128 + int(stop.signal or signal.SIGINT)
+        return rundir.report_interrupted(e, stop, run_dir)
     finally:
         if bar is not None:
             bar.close()
@@ -355,17 +248,10 @@ def _sweep(args, config: dict | None = None) -> int:
         "seeds": args.seeds,
         "methods": args.methods,
     }
-    run_dir, resume = _choose_run_dir(args, config, request, prefix="sweep-")
+    run_dir, resume = rundir.choose(args, config, request, prefix="sweep-")
     if not resume:
-        try:
-            run_dir.mkdir(parents=True)
-        except OSError as e:
-            raise ValueError(
-                f"cannot create run directory {str(run_dir)!r}: {e.strerror}"
-            ) from None
-        res.write_json(run_dir / "config.json", config)
-        res.write_json(run_dir / "run.json", request)
-    stop = _StopFlag().install()
+        rundir.create(run_dir, config, request)
+    stop = rundir.StopFlag().install()
     bar = _progress(sw.total_steps(groups), args.quiet)
     results = []
     try:
@@ -387,12 +273,7 @@ def _sweep(args, config: dict | None = None) -> int:
                 res.save_results(run_dir / "members" / member.method, r)
             results.append(rs)
     except Interrupted as e:
-        name = signal.Signals(stop.signal).name if stop.signal else "a signal"
-        print(
-            f"continual: {e} ({name}); checkpoint saved. Resume with: continual resume {run_dir}",
-            file=sys.stderr,
-        )
-        return 128 + int(stop.signal or signal.SIGINT)
+        return rundir.report_interrupted(e, stop, run_dir)
     finally:
         if bar is not None:
             bar.close()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -313,13 +312,3 @@ def run(config: dict, selected: list[str] | None = None) -> tuple[Stream, dict[s
     """Checks, builds and runs a config; returns the stream and each method's Results."""
     p = plan(config, selected)
     return p.stream, execute(p)
-
-
-def run_dir_for(out: str | Path, experiment: str, prefix: str = "") -> Path:
-    """runs/<experiment>/<prefix><stamp>: a fresh directory name that does not exist yet."""
-    base = Path(out) / experiment
-    stamp = prefix + time.strftime("%Y%m%d-%H%M%S")
-    path, i = base / stamp, 1
-    while path.exists():
-        path, i = base / f"{stamp}-{i}", i + 1
-    return path
