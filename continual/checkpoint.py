@@ -102,7 +102,9 @@ class Checkpointer:
                 )
                 return from_saveable(got["states"], template), got["progress"]
             except Exception as e:  # any failure to read means: move it aside, use an older one
-                aside = self.directory.parent / "corrupt_checkpoints" / str(step)
+                aside, i = self.directory.parent / "corrupt_checkpoints" / str(step), 1
+                while aside.exists():
+                    aside, i = aside.with_name(f"{step}-{i}"), i + 1
                 warnings.warn(
                     f"checkpoint {self.directory / str(step)} is unreadable "
                     f"({type(e).__name__}: {str(e)[:200]}); moved to {aside}, trying an older one",

@@ -51,12 +51,13 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--arg", default=None, help="the argument passed to get_config(arg)")
     r.add_argument("--out", default="runs", help="parent of the run directory (default: runs)")
     r.add_argument("--name", default=None, help="run directory name (default: a time stamp)")
-    r.add_argument(
+    again = r.add_mutually_exclusive_group()
+    again.add_argument(
         "--resume",
         action="store_true",
         help="continue the run directory (--name, or the newest) from its checkpoints",
     )
-    r.add_argument("--overwrite", action="store_true", help="replace an existing --name run")
+    again.add_argument("--overwrite", action="store_true", help="replace an existing --name run")
     r.add_argument(
         "--allow-config-change",
         action="store_true",
@@ -91,16 +92,12 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--arg", default=None)
     sw.add_argument("--out", default="runs")
     sw.add_argument("--name", default=None, help="sweep directory name (default: a stamp)")
-    sw.add_argument("--resume", action="store_true", help="continue the sweep directory")
-    sw.add_argument("--overwrite", action="store_true")
+    again = sw.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue the sweep directory")
+    again.add_argument("--overwrite", action="store_true")
     sw.add_argument("--allow-config-change", action="store_true")
     sw.add_argument("--no-plots", action="store_true")
     sw.add_argument("--quiet", action="store_true")
-    sw.add_argument(
-        "--distributed",
-        action="store_true",
-        help="call jax.distributed.initialize() first (multi-host)",
-    )
     sub.add_parser("list", help="list experiments, methods and regularisers")
     pl = sub.add_parser("plot", help="redraw the figures of a run directory")
     pl.add_argument("run_dir")
@@ -155,14 +152,17 @@ def _resume(args) -> int:
     try:
         info = json.loads(meta.read_text())
         config = json.loads((run_dir / "config.json").read_text())
-    except (OSError, ValueError) as e:
+        needed = ("experiment", "grid", "outer", "seeds") if info.get("kind") == "sweep" else ()
+        if not isinstance(config, dict) or any(k not in info for k in ("methods", *needed)):
+            raise ValueError("run.json or config.json lacks what a resume needs")
+    except (OSError, ValueError, AttributeError) as e:
         raise ValueError(f"cannot read the run in {str(run_dir)!r}: {e}") from None
     _enable_compilation_cache()
     if info.get("kind") == "sweep":
         for key in ("experiment", "grid", "outer", "seeds", "methods"):
             setattr(args, key, info[key])
         args.out, args.name, args.resume = str(run_dir.parent.parent), run_dir.name, True
-        args.overrides, args.arg, args.distributed = [], None, False
+        args.overrides, args.arg = [], None
         args.allow_config_change = args.overwrite = False
         return _sweep(args, config)
     module = load_experiment(info["experiment"])
@@ -222,10 +222,6 @@ def _progress(total: int, quiet: bool):
 
 
 def _sweep(args, config: dict | None = None) -> int:
-    if args.distributed:
-        import jax
-
-        jax.distributed.initialize()
     _enable_compilation_cache()
     from continual import plots, runner
     from continual import results as res
@@ -320,8 +316,8 @@ def _plot(args) -> int:
         try:
             module = load_experiment(experiment)
             stream = runner.build_stream(json.loads(config_file.read_text()))
-        except ValueError:
-            module = None
+        except (ValueError, TypeError, AttributeError, KeyError):
+            module = None  # the generic figures still come from results.json
     for path in _plots(module, stream, all_results, run_dir):
         print(path)
     return 0
@@ -344,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         return _plot(args)
     except DivergenceError as e:
         return _fail(str(e), 1)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:
         return _fail(str(e))
     except KeyboardInterrupt:
         return _fail("interrupted", 130)

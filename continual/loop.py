@@ -159,6 +159,7 @@ class Progress:
     diverged: list = field(default_factory=list)  # per member: None or {task, step, ...}
     params: list = field(default_factory=list)  # per finished row, per member (small models)
     probes: list = field(default_factory=list)  # per finished row, per member
+    ends: list[int] = field(default_factory=list)  # per finished row: index of its last eval
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -256,23 +257,36 @@ def run_program(
             if checkpoint is not None and p.chunk < num_chunks and (due or stop):
                 checkpoint(states, p)
             if stop and p.chunk < num_chunks:
-                raise Interrupted(f"stopped during task {row_name!r} at step {p.step}")
+                if checkpoint is None:
+                    raise Interrupted(
+                        f"stopped during task {row_name!r} at step {p.step}; "
+                        "checkpoints are off, so this method will start over"
+                    )
+                raise Interrupted(
+                    f"stopped during task {row_name!r} at step {p.step}; checkpoint saved"
+                )
             fault_point("chunk")
         if settings.record_params:
             p.params.append([_member(states.params, i) for i in range(m)])
         states, out = program.finish(states, train, jnp.int32(row))
         p.probes.append(np.asarray(out)[:m].tolist())
+        p.ends.append(len(p.values) - 1)
         p.row, p.chunk = row + 1, 0
         if checkpoint is not None:
             checkpoint(states, p)
         fault_point("task")
         if stop_requested() and p.row < len(rows):
-            raise Interrupted(f"stopped after task {row_name!r} at step {p.step}")
+            saved = (
+                "checkpoint saved"
+                if checkpoint is not None
+                else ("checkpoints are off, so this method will start over")
+            )
+            raise Interrupted(f"stopped after task {row_name!r} at step {p.step}; {saved}")
     jax.block_until_ready(states)
     run_s = time.perf_counter() - t0
     values_all = np.asarray(p.values, np.float64).transpose(1, 0, 2)  # (M, evals, T)
     initial = values_all[:, 0]
-    ends = np.cumsum([num_chunks] * len(rows))  # eval index at the end of each row
+    ends = p.ends  # the evaluation that closed each row
     lik = method.objective.likelihood
     out = []
     for i in range(m):

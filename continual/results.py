@@ -53,9 +53,9 @@ def curves_csv(results: Results) -> str:
 
 
 def save_results(run_dir: Path, results: Results) -> None:
-    """Writes <run_dir>/<method>/results.json and curves.csv."""
-    write_json(run_dir / results.method / "results.json", results.to_json())
+    """Writes <run_dir>/<method>/curves.csv, then results.json (which marks it finished)."""
     write_atomic(run_dir / results.method / "curves.csv", curves_csv(results))
+    write_json(run_dir / results.method / "results.json", results.to_json())
 
 
 def save_comparison(run_dir: Path, all_results: dict[str, Results]) -> None:

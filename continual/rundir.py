@@ -39,10 +39,7 @@ def create(run_dir: Path, config: dict, request: dict) -> None:
 def report_interrupted(error: Exception, stop: StopFlag, run_dir: Path) -> int:
     """Says how to resume an interrupted run; returns the exit code (128 + signal)."""
     name = signal.Signals(stop.signal).name if stop.signal else "a signal"
-    print(
-        f"continual: {error} ({name}); checkpoint saved. Resume with: continual resume {run_dir}",
-        file=sys.stderr,
-    )
+    print(f"continual: {error} ({name}). Resume with: continual resume {run_dir}", file=sys.stderr)
     return 128 + int(stop.signal or signal.SIGINT)
 
 
@@ -76,7 +73,10 @@ def choose(args, config: dict, request: dict, prefix: str = "") -> tuple[Path, b
     allow_config_change), and whether this run resumes it. `request` is what run.json records
     (experiment, methods, sweep axes); resuming needs the same config and request."""
     base = Path(args.out) / args.experiment
-    if args.resume and not args.name:
+    fixed = getattr(args, "run_dir", None)  # `continual resume DIR`: that directory, wherever
+    if fixed:
+        run_dir = Path(fixed)
+    elif args.resume and not args.name:
         kind = request.get("kind", "run")
         existing = sorted(p for p in base.glob("*") if kind_of(p) == kind) if base.is_dir() else []
         if not existing:

@@ -19,7 +19,7 @@ import numpy as np
 
 from continual import models, streams
 from continual.config import ConfigError, number, section
-from continual.loop import Settings, compile_program, run_program
+from continual.loop import Settings, compile_program, run_program, shard_members
 from continual.losses import LIKELIHOODS, Objective
 from continual.regularisers import Regulariser, chain, ewc, l2, replay
 from continual.train import init_state, make_optimizer
@@ -138,7 +138,7 @@ def build_method(
     if model_name not in models.MODELS:
         raise ConfigError(f"unknown model {model_name!r} (known: {', '.join(models.MODELS)})")
     model = _call(models.make, f"model {model_name}", model_name, stream.num_outputs, **model_spec)
-    params = _init_params(model, key, train.x[0, :1])
+    params = _call(_init_params, f"model {model_name}", model, key, train.x[0, :1])
     masks = jnp.asarray(np.stack([t.label_mask for t in stream.tasks]))
     objective = Objective(model.apply, LIKELIHOODS[stream.likelihood], masks)
     opt_spec = {k: v for k, v in section(config, "optimizer").items() if k != "reset_per_task"}
@@ -242,14 +242,18 @@ def checkpointing(directory: Path, config: dict, program, states, resume: bool):
 
     checkpointer = Checkpointer(directory, ckpt["keep"])
     progress = None
+
+    def real(states):  # checkpoints hold the real members only, not the device padding
+        return jax.tree.map(lambda a: a[: program.members], states)
+
     if resume:
-        restored = checkpointer.restore_latest(states)
+        restored = checkpointer.restore_latest(real(states))
         if restored is not None:
-            states = jax.device_put(restored[0], program.sharding)
+            states = shard_members(restored[0])[0]
             progress = Progress.from_json(restored[1])
 
     def save(states, progress):
-        checkpointer.save(progress.step, states, progress.to_json())
+        checkpointer.save(progress.step, real(states), progress.to_json())
 
     return states, progress, save
 

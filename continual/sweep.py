@@ -186,6 +186,12 @@ def plan_sweep(
                 for values in itertools.product(*grid.values())
                 for s in range(seeds)
             ]
+            names_seen = [m.name for m in members]
+            if len(set(names_seen)) != len(names_seen):
+                raise ConfigError(
+                    "two grid values print alike (6 significant digits), so two "
+                    "members would share a directory; use distinct values"
+                )
             groups.append(Group(name, outer_values, members, cfg, plan))
     return groups
 

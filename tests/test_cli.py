@@ -152,6 +152,14 @@ BAD = {
         ["run", "split_blobs", "--set", "stream.num_tasks=3"],
         "cannot split 10 classes into 3",
     ),
+    "zero width": (
+        ["run", "split_blobs", "--set", "model.widths=0"],
+        "widths must be a list of positive integers",
+    ),
+    "resume and overwrite": (
+        ["run", "linear_toy", "--resume", "--overwrite"],
+        "not allowed with argument",
+    ),
     "bad widths": (
         ["run", "split_blobs", "--set", "model.widths=a,b"],
         "model.widths must be an integer",
@@ -165,9 +173,10 @@ def test_bad_input_is_one_line_exit_2_nothing_written(case, tmp_path, capsys):
     argv, message = BAD[case]
     if argv[0] == "run":
         argv = [*argv, "--out", str(tmp_path / "runs")]
-        if "--resume" in argv:
+        if "--resume" in argv and "--overwrite" not in argv:
             (tmp_path / "runs").mkdir()  # an empty output folder: nothing to resume
-    with pytest.raises(SystemExit) if case == "unknown command" else _nothing():
+    exits = case in ("unknown command", "resume and overwrite")  # argparse's own checks
+    with pytest.raises(SystemExit) if exits else _nothing():
         code = main(argv)
         assert code == 2
     err = capsys.readouterr().err

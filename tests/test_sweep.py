@@ -166,6 +166,7 @@ BAD = {
     "zero seeds": (["--seeds", "0"], "--seeds must be a positive integer"),
     "bad range": (["--grid", "regularisers.ewc.strength=0:10:3"], "LOW, HIGH > 0"),
     "seed as grid": (["--grid", "seed=1,2"], "--seeds N"),
+    "same value twice": (["--grid", "regularisers.ewc.strength=1,1"], "print alike"),
 }
 
 

@@ -8,7 +8,12 @@ def make(name: str, num_outputs: int, **kwargs):
     if name == "linear":
         return Linear(features=num_outputs, **kwargs)
     if name == "mlp":
-        return MLP(features=num_outputs, widths=tuple(kwargs.pop("widths", (100, 100))), **kwargs)
+        widths = kwargs.pop("widths", (100, 100))
+        if not isinstance(widths, (list, tuple)) or not all(
+            isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in widths
+        ):
+            raise ValueError(f"widths must be a list of positive integers, got {widths!r}")
+        return MLP(features=num_outputs, widths=tuple(widths), **kwargs)
     raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
 
 
