@@ -7,7 +7,7 @@ import pytest
 
 from continual import models
 from continual.losses import LIKELIHOODS, Objective
-from continual.regularisers import chain, ewc, fisher_diagonal, identity, l2, replay
+from continual.regularisers import chain, ewc, fisher_diagonal, identity, l2, replay, si
 from continual.streams import split_blobs
 from continual.types import stack_tasks
 
@@ -44,13 +44,14 @@ FACTORIES = {
     "ewc_empirical": lambda: ewc(
         OBJ, strength=3.0, estimator="empirical", num_samples=5, num_tasks=3
     ),
+    "si": lambda: si(strength=2.0, damping=0.1),
     "replay": lambda: replay(OBJ, capacity=10, example_x=X0, example_y=Y0, weight=0.5),
     "replay_sampled": lambda: replay(OBJ, capacity=10, example_x=X0, example_y=Y0, batch_size=6),
     "ewc+replay": lambda: chain(
         ewc(OBJ, num_tasks=3), replay(OBJ, capacity=10, example_x=X0, example_y=Y0)
     ),
 }
-QUADRATIC = {"l2", "ewc_separate", "ewc_online", "ewc_sampled", "ewc_empirical"}
+QUADRATIC = {"l2", "ewc_separate", "ewc_online", "ewc_sampled", "ewc_empirical", "si"}
 
 
 def hooks(reg, jitted):
@@ -64,6 +65,8 @@ def importance(name, state):
         return jax.tree.map(jnp.ones_like, PARAMS), state.strength
     if name == "ewc_online":
         return state.fisher, state.strength
+    if name == "si":  # c * sum Omega (theta - theta*)^2: gradient 2 c Omega (theta - theta*)
+        return jax.tree.map(lambda o: 2.0 * o, state.omega), state.strength
     return jax.tree.map(lambda f: f[0], state.fisher), state.strength
 
 
@@ -250,8 +253,29 @@ def test_reservoir_keeps_every_task_represented():
         lambda: replay(OBJ, capacity=0, example_x=X0, example_y=Y0),
         lambda: replay(OBJ, capacity=4, example_x=X0, example_y=Y0, weight=-1.0),
         lambda: l2(strength="big"),
+        lambda: si(damping=-0.1),
+        lambda: si(strength=-1.0),
     ],
 )
 def test_factories_reject_bad_hyperparameters(factory):
     with pytest.raises(ValueError):
         factory()
+
+
+def test_si_importance_is_the_path_integral_over_the_task():
+    reg = si(strength=1.0, damping=0.5)
+    theta = [moved(PARAMS, by) for by in (0.0, 0.1, 0.3)]
+    grads = [jax.tree.map(lambda p, k=k: jnp.sin(p + k), PARAMS) for k in (1.0, 2.0)]
+    state = reg.init(theta[0])
+    state = reg.observe(state, theta[0], grads[0], batch(), None)
+    state = reg.observe(state, theta[1], grads[1], batch(), None)
+    state = reg.consolidate(state, theta[2], task_data(0), None)
+    for leaf in range(len(jax.tree.leaves(PARAMS))):
+        t = [jax.tree.leaves(x)[leaf] for x in theta]
+        g = [jax.tree.leaves(x)[leaf] for x in grads]
+        w = -g[0] * (t[1] - t[0]) - g[1] * (t[2] - t[1])
+        expected = w / ((t[2] - t[0]) ** 2 + 0.5)
+        np.testing.assert_allclose(
+            jax.tree.leaves(state.omega)[leaf], expected, rtol=1e-5, atol=1e-7
+        )
+    assert all(float(jnp.abs(w).max()) == 0 for w in jax.tree.leaves(state.w))  # restarted

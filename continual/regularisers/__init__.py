@@ -4,12 +4,14 @@ from continual.regularisers.base import Regulariser, chain, identity, quadratic,
 from continual.regularisers.ewc import EWCState, ewc, fisher_diagonal
 from continual.regularisers.l2 import L2State, l2
 from continual.regularisers.replay import ReplayState, replay
+from continual.regularisers.si import SIState, si
 
 __all__ = [
     "EWCState",
     "L2State",
     "Regulariser",
     "ReplayState",
+    "SIState",
     "chain",
     "ewc",
     "fisher_diagonal",
@@ -18,4 +20,5 @@ __all__ = [
     "quadratic",
     "regulariser",
     "replay",
+    "si",
 ]
