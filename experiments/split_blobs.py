@@ -5,9 +5,9 @@
 
 A classification stream that needs no download, generated deterministically from the seed.
 Measured (seed 0, README): class-incremental average accuracy naive 0.317, L2 0.446, EWC 0.543,
-SI 0.677, replay 0.991, EWC+replay 0.989, joint 0.995 -- one head without task identity forgets all but the
-last task unless old examples are replayed. Task-incremental (masked heads) every method stays
-above 0.99: these blobs are easy to separate once the task is known.
+SI 0.677, replay 0.991, EWC+replay 0.989, joint 0.995 -- one head without task identity forgets
+all but the last task unless old examples are replayed. Task-incremental (masked heads) every
+method stays above 0.99: these blobs are easy to separate once the task is known.
 """
 
 
