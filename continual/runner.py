@@ -21,7 +21,7 @@ from continual import models, streams
 from continual.config import ConfigError, number, section
 from continual.loop import Settings, compile_program, run_program, shard_members
 from continual.losses import LIKELIHOODS, Objective
-from continual.regularisers import Regulariser, chain, ewc, l2, replay, si
+from continual.regularisers import Regulariser, chain, ewc, l2, mas, replay, si
 from continual.train import init_state, make_optimizer
 from continual.types import Results, Stream, TaskData, TrainState, stack_tasks
 
@@ -50,7 +50,17 @@ def _build_si(objective, stream, train, **kw):
     return si(**kw)
 
 
-REGULARISERS = {"l2": _build_l2, "ewc": _build_ewc, "si": _build_si, "replay": _build_replay}
+def _build_mas(objective, stream, train, **kw):
+    return mas(objective, **kw)
+
+
+REGULARISERS = {
+    "l2": _build_l2,
+    "ewc": _build_ewc,
+    "si": _build_si,
+    "mas": _build_mas,
+    "replay": _build_replay,
+}
 
 
 def _call(factory, what: str, *args, **kwargs):

@@ -7,7 +7,17 @@ import pytest
 
 from continual import models
 from continual.losses import LIKELIHOODS, Objective
-from continual.regularisers import chain, ewc, fisher_diagonal, identity, l2, replay, si
+from continual.regularisers import (
+    chain,
+    ewc,
+    fisher_diagonal,
+    identity,
+    l2,
+    mas,
+    output_sensitivity,
+    replay,
+    si,
+)
 from continual.streams import split_blobs
 from continual.types import stack_tasks
 
@@ -45,13 +55,14 @@ FACTORIES = {
         OBJ, strength=3.0, estimator="empirical", num_samples=5, num_tasks=3
     ),
     "si": lambda: si(strength=2.0, damping=0.1),
+    "mas": lambda: mas(OBJ, strength=1.5),
     "replay": lambda: replay(OBJ, capacity=10, example_x=X0, example_y=Y0, weight=0.5),
     "replay_sampled": lambda: replay(OBJ, capacity=10, example_x=X0, example_y=Y0, batch_size=6),
     "ewc+replay": lambda: chain(
         ewc(OBJ, num_tasks=3), replay(OBJ, capacity=10, example_x=X0, example_y=Y0)
     ),
 }
-QUADRATIC = {"l2", "ewc_separate", "ewc_online", "ewc_sampled", "ewc_empirical", "si"}
+QUADRATIC = {"l2", "ewc_separate", "ewc_online", "ewc_sampled", "ewc_empirical", "si", "mas"}
 
 
 def hooks(reg, jitted):
@@ -65,7 +76,7 @@ def importance(name, state):
         return jax.tree.map(jnp.ones_like, PARAMS), state.strength
     if name == "ewc_online":
         return state.fisher, state.strength
-    if name == "si":  # c * sum Omega (theta - theta*)^2: gradient 2 c Omega (theta - theta*)
+    if name in ("si", "mas"):  # c * sum Omega (theta - theta*)^2: gradient 2 c Omega (...)
         return jax.tree.map(lambda o: 2.0 * o, state.omega), state.strength
     return jax.tree.map(lambda f: f[0], state.fisher), state.strength
 
@@ -279,3 +290,23 @@ def test_si_importance_is_the_path_integral_over_the_task():
             jax.tree.leaves(state.omega)[leaf], expected, rtol=1e-5, atol=1e-7
         )
     assert all(float(jnp.abs(w).max()) == 0 for w in jax.tree.leaves(state.w))  # restarted
+
+
+def test_mas_importance_is_the_mean_absolute_output_norm_gradient():
+    data = task_data(1)
+    got = output_sensitivity(OBJ, PARAMS, data, jax.random.key(0))
+    n = int(data["weight"].sum())
+    total = jax.tree.map(jnp.zeros_like, PARAMS)
+    for i in range(n):
+        x, mask = data["x"][i], OBJ.label_masks[data["task"][i]]
+        g = jax.grad(
+            lambda p, x=x, m=mask: jnp.sum(jnp.where(m, MODEL.apply(p, x[None])[0], 0.0) ** 2)
+        )(PARAMS)
+        total = jax.tree.map(lambda t, gi: t + jnp.abs(gi), total, g)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(total), strict=True):
+        np.testing.assert_allclose(a, b / n, rtol=2e-4, atol=1e-8)
+    reg = mas(OBJ)
+    s = reg.consolidate(reg.init(PARAMS), PARAMS, data, jax.random.key(0))
+    s = reg.consolidate(s, PARAMS, data, jax.random.key(0))
+    for a, b in zip(jax.tree.leaves(s.omega), jax.tree.leaves(got), strict=True):
+        np.testing.assert_allclose(a, 2 * b, rtol=1e-5, atol=1e-8)  # importances accumulate

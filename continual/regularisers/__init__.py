@@ -3,12 +3,14 @@
 from continual.regularisers.base import Regulariser, chain, identity, quadratic, regulariser
 from continual.regularisers.ewc import EWCState, ewc, fisher_diagonal
 from continual.regularisers.l2 import L2State, l2
+from continual.regularisers.mas import MASState, mas, output_sensitivity
 from continual.regularisers.replay import ReplayState, replay
 from continual.regularisers.si import SIState, si
 
 __all__ = [
     "EWCState",
     "L2State",
+    "MASState",
     "Regulariser",
     "ReplayState",
     "SIState",
@@ -17,6 +19,8 @@ __all__ = [
     "fisher_diagonal",
     "identity",
     "l2",
+    "mas",
+    "output_sensitivity",
     "quadratic",
     "regulariser",
     "replay",

@@ -119,3 +119,37 @@ def check_nonnegative(**values) -> None:
             raise ValueError(f"{name} must be a number, got {value!r}")
         if not value >= 0:  # also catches NaN
             raise ValueError(f"{name} must be >= 0, got {value}")
+
+
+_CHUNK_FLOATS = 2**21  # per-chunk budget for per-example gradients (8 MiB of float32 per
+# member: a sweep vmaps this over its members)
+
+
+def example_mean(per_example, params, data, key, num_samples: int | None = None, copies: int = 1):
+    """Mean over the valid examples of `data` (or a random subset of `num_samples` of them) of
+    per_example(x, y, task, key) -> a params-shaped pytree, computed in chunks of examples small
+    enough that `copies` params-sized arrays per example stay within a fixed memory budget."""
+    n = data["x"].shape[0]
+    pick_key, example_key = jax.random.split(key)
+    if num_samples is not None and num_samples < n:
+        # A random subset of the valid examples: padding sorts last.
+        order = jnp.argsort(jax.random.uniform(pick_key, (n,)) + (data["weight"] <= 0))
+        data = jax.tree.map(lambda a: a[order[:num_samples]], data)
+        n = num_samples
+    num_params = sum(p.size for p in jax.tree.leaves(params))
+    chunk = int(max(1, min(n, _CHUNK_FLOATS // (num_params * copies))))
+    pad = -n % chunk
+    data = jax.tree.map(lambda a: jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1)), data)
+    keys = jax.random.split(example_key, n + pad)
+
+    def add_chunk(total, rows):
+        d, k = rows
+        values = jax.vmap(per_example)(d["x"], d["y"], d["task"], k)
+        return jax.tree.map(
+            lambda t, v: t + jnp.tensordot(d["weight"], v, axes=1), total, values
+        ), None
+
+    chunks = jax.tree.map(lambda a: a.reshape(-1, chunk, *a.shape[1:]), (data, keys))
+    total, _ = jax.lax.scan(add_chunk, jax.tree.map(jnp.zeros_like, params), chunks)
+    count = jnp.maximum(jnp.sum(data["weight"]), 1e-12)
+    return jax.tree.map(lambda t: t / count, total)

@@ -19,12 +19,10 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from continual.regularisers.base import check_nonnegative, quadratic, regulariser
+from continual.regularisers.base import check_nonnegative, example_mean, quadratic, regulariser
 
 ESTIMATORS = ("exact", "empirical", "sampled")
 MODES = ("separate", "online")
-_CHUNK_FLOATS = 2**21  # per-chunk budget for per-example gradients (8 MiB of float32 per
-# member: a sweep vmaps this over its members)
 
 
 class EWCState(NamedTuple):
@@ -43,20 +41,6 @@ def fisher_diagonal(
     if estimator not in ESTIMATORS:
         raise ValueError(f"unknown Fisher estimator {estimator!r}; choose one of {ESTIMATORS}")
     lik = objective.likelihood
-    n = data["x"].shape[0]
-    weight = data["weight"]
-    pick_key, sample_key = jax.random.split(key)
-    if num_samples is not None and num_samples < n:
-        # A random subset of the valid examples: padding sorts last.
-        order = jnp.argsort(jax.random.uniform(pick_key, (n,)) + (weight <= 0))
-        data = jax.tree.map(lambda a: a[order[:num_samples]], data)
-        n = num_samples
-    num_params = sum(p.size for p in jax.tree.leaves(params))
-    num_scores = objective.label_masks.shape[-1] if estimator == "exact" else 1
-    chunk = int(max(1, min(n, _CHUNK_FLOATS // (num_params * num_scores))))
-    pad = -n % chunk
-    data = jax.tree.map(lambda a: jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1)), data)
-    keys = jax.random.split(sample_key, n + pad)
 
     def example_fisher(x, y, task, k):
         mask = objective.label_masks[task]
@@ -76,17 +60,8 @@ def fisher_diagonal(
         g = jax.grad(lambda p: lik.nll(out_fn(p), y, mask))(params)
         return jax.tree.map(jnp.square, g)
 
-    def add_chunk(total, rows):
-        d, k = rows
-        f = jax.vmap(example_fisher)(d["x"], d["y"], d["task"], k)
-        return jax.tree.map(
-            lambda t, fi: t + jnp.tensordot(d["weight"], fi, axes=1), total, f
-        ), None
-
-    chunks = jax.tree.map(lambda a: a.reshape(-1, chunk, *a.shape[1:]), (data, keys))
-    total, _ = jax.lax.scan(add_chunk, jax.tree.map(jnp.zeros_like, params), chunks)
-    count = jnp.maximum(jnp.sum(data["weight"]), 1e-12)
-    return jax.tree.map(lambda t: t / count, total)
+    num_scores = objective.label_masks.shape[-1] if estimator == "exact" else 1
+    return example_mean(example_fisher, params, data, key, num_samples, num_scores)
 
 
 def ewc(
