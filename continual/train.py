@@ -112,8 +112,11 @@ def make_chunk(
             loss = metrics["loss"] + metrics["penalty"]
             finite = [jnp.isfinite(p).all() for p in jax.tree.leaves(new.params)]
             ok = jnp.stack([jnp.isfinite(loss), *finite]).all()
-            kept = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new[:4], s[:4])
-            return TrainState(*kept, s.key), jnp.where(ok, loss, jnp.nan)
+            # Every field but the key (which a step never changes) is kept or rolled back.
+            kept = jax.tree.map(
+                lambda n, o: jnp.where(ok, n, o), new._replace(key=None), s._replace(key=None)
+            )
+            return kept._replace(key=s.key), jnp.where(ok, loss, jnp.nan)
 
         state, losses = jax.lax.scan(body, state, None, length=num_steps)
         return state, losses, evaluate_tasks(objective, state.params, test)

@@ -1,5 +1,6 @@
 """The `continual` command end to end, and its one-line errors for bad input."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -176,7 +177,7 @@ def test_bad_input_is_one_line_exit_2_nothing_written(case, tmp_path, capsys):
         if "--resume" in argv and "--overwrite" not in argv:
             (tmp_path / "runs").mkdir()  # an empty output folder: nothing to resume
     exits = case in ("unknown command", "resume and overwrite")  # argparse's own checks
-    with pytest.raises(SystemExit) if exits else _nothing():
+    with pytest.raises(SystemExit) if exits else contextlib.nullcontext():
         code = main(argv)
         assert code == 2
     err = capsys.readouterr().err
@@ -209,14 +210,6 @@ def test_read_only_output_directory(tmp_path, capsys):
     assert main(["run", "linear_toy", "--out", str(out), *FAST]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cannot create run directory" in err
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def test_console_script_in_a_subprocess(tmp_path):

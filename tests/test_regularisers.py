@@ -100,7 +100,8 @@ def test_contract(name, jitted):
     assert jax.tree.structure(transform(grads, PARAMS, state, batch(), key)) == jax.tree.structure(
         grads
     )
-    state = observe(state, PARAMS, grads, batch(), key)
+    # Observed away from where it consolidates, so that SI's path integral is not zero.
+    state = observe(state, moved(PARAMS, -0.1), grads, batch(), key)
     shapes = jax.tree.map(lambda a: (a.shape, a.dtype), state)
     state1 = consolidate(state, PARAMS, task_data(0), key)
     state2 = consolidate(state1, moved(PARAMS), task_data(1), key)
