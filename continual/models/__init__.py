@@ -1,6 +1,16 @@
 """Models by name; each is a Flax linen module whose params stay a plain pytree."""
 
+from continual.models.cnn import CNN
 from continual.models.linear import MLP, Linear
+from continual.models.transformer import Transformer
+
+
+def _positive_ints(name: str, value) -> tuple[int, ...]:
+    if not isinstance(value, (list, tuple)) or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value
+    ):
+        raise ValueError(f"{name} must be a list of positive integers, got {value!r}")
+    return tuple(value)
 
 
 def make(name: str, num_outputs: int, **kwargs):
@@ -8,14 +18,19 @@ def make(name: str, num_outputs: int, **kwargs):
     if name == "linear":
         return Linear(features=num_outputs, **kwargs)
     if name == "mlp":
-        widths = kwargs.pop("widths", (100, 100))
-        if not isinstance(widths, (list, tuple)) or not all(
-            isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in widths
-        ):
-            raise ValueError(f"widths must be a list of positive integers, got {widths!r}")
-        return MLP(features=num_outputs, widths=tuple(widths), **kwargs)
+        widths = _positive_ints("widths", kwargs.pop("widths", (100, 100)))
+        return MLP(features=num_outputs, widths=widths, **kwargs)
+    if name == "cnn":
+        keys = ("channels", "kernels", "strides", "widths")
+        layers = {k: _positive_ints(k, kwargs.pop(k)) for k in keys if k in kwargs}
+        model = CNN(features=num_outputs, **layers, **kwargs)
+        if not len(model.channels) == len(model.kernels) == len(model.strides) >= 1:
+            raise ValueError("channels, kernels and strides must be lists of one equal length")
+        return model
+    if name == "transformer":
+        return Transformer(vocab_size=num_outputs, **kwargs)
     raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
 
 
-MODELS = ("linear", "mlp")
-__all__ = ["MLP", "MODELS", "Linear", "make"]
+MODELS = ("linear", "mlp", "cnn", "transformer")
+__all__ = ["CNN", "MLP", "MODELS", "Linear", "Transformer", "make"]

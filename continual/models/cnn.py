@@ -1,0 +1,35 @@
+"""A small convolutional network for 1-D signals (MNIST-1D) and one-channel images (MNIST)."""
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+
+
+class CNN(nn.Module):
+    """Strided ReLU convolutions, then ReLU dense layers of `widths`, then `features` outputs.
+
+    Inputs (B, L) are read as 1-D signals of one channel, (B, H, W) as one-channel images,
+    (B, H, W, C) as they are. The default is Greydanus & Kobak's MNIST-1D network: three
+    convolutions of 25 channels (kernels 5, 3, 3, stride 2, padding 1) and a linear read-out.
+    """
+
+    features: int
+    channels: Sequence[int] = (25, 25, 25)
+    kernels: Sequence[int] = (5, 3, 3)
+    strides: Sequence[int] = (2, 2, 2)
+    padding: int = 1
+    widths: Sequence[int] = ()
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if x.ndim in (2, 3):  # (B, L) or (B, H, W): add the channel axis
+            x = x[..., None]
+        spatial = x.ndim - 2
+        for i, (c, k, s) in enumerate(zip(self.channels, self.kernels, self.strides, strict=True)):
+            pad = [(self.padding, self.padding)] * spatial
+            x = nn.relu(nn.Conv(c, (k,) * spatial, (s,) * spatial, pad, name=f"conv_{i}")(x))
+        h_BxH = x.reshape(x.shape[0], -1)
+        for i, width in enumerate(self.widths):
+            h_BxH = nn.relu(nn.Dense(width, name=f"hidden_{i}")(h_BxH))
+        return nn.Dense(self.features, name="out")(h_BxH)
