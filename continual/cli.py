@@ -1,4 +1,4 @@
-"""The `continual` command: run | list | plot.
+"""The `continual` command: run | sweep | resume | list | plot | generate.
 
 Bad input (unknown names, wrong types, negative strengths, missing directories) is reported as one
 line `continual: error: ...` with exit code 2, before anything is written.
@@ -101,6 +101,17 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("list", help="list experiments, methods and regularisers")
     pl = sub.add_parser("plot", help="redraw the figures of a run directory")
     pl.add_argument("run_dir")
+    g = sub.add_parser("generate", help="continue a prompt with a language model a run trained")
+    g.add_argument("run_dir")
+    g.add_argument("--method", default=None, help="whose final model (default: the first)")
+    g.add_argument("--prompt", required=True)
+    g.add_argument("--max-new-tokens", type=int, default=100)
+    g.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default)")
+    g.add_argument("--top-k", type=int, default=0, help="sample from the k likeliest (0: all)")
+    g.add_argument(
+        "--show-top", type=int, default=0, metavar="N", help="print the N likeliest at each step"
+    )
+    g.add_argument("--seed", type=int, default=0)
     return p
 
 
@@ -178,6 +189,7 @@ def _execute(args, module, plan, run_dir: Path, resume: bool, request: dict) -> 
 
     if not resume:
         rundir.create(run_dir, plan.config, request)
+    res.save_tokenizer(run_dir, plan.stream)
     stop = rundir.StopFlag().install()
     bar = _progress(plan.total_steps, args.quiet)
     finished = {}
@@ -247,6 +259,7 @@ def _sweep(args, config: dict | None = None) -> int:
     run_dir, resume = rundir.choose(args, config, request, prefix="sweep-")
     if not resume:
         rundir.create(run_dir, config, request)
+    res.save_tokenizer(run_dir, groups[0].plan.stream)
     stop = rundir.StopFlag().install()
     bar = _progress(sw.total_steps(groups), args.quiet)
     results = []
@@ -323,6 +336,40 @@ def _plot(args) -> int:
     return 0
 
 
+def _generate(args) -> int:
+    from continual.generate import format_steps, generate_text
+
+    for name in ("max_new_tokens", "top_k", "show_top"):
+        if getattr(args, name) < (1 if name == "max_new_tokens" else 0):
+            flag = "--" + name.replace("_", "-")
+            raise ValueError(f"{flag} must be {'positive' if name[0] == 'm' else '>= 0'}")
+    if not args.temperature >= 0:
+        raise ValueError("--temperature must be >= 0")
+    if not args.prompt:
+        raise ValueError("--prompt must not be empty")
+    from continual.results import load_language_model
+
+    _enable_compilation_cache()
+    model, params, tokenizer = load_language_model(Path(args.run_dir), args.method)
+    if args.show_top > tokenizer.vocab_size:
+        raise ValueError(f"--show-top must be at most the vocabulary size {tokenizer.vocab_size}")
+    done = generate_text(
+        model,
+        params,
+        tokenizer,
+        args.prompt,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_n=args.show_top,
+        seed=args.seed,
+    )
+    if args.show_top:
+        print(format_steps(done.steps))
+    print(args.prompt + done.text)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `continual` console script."""
     args = _parser().parse_args(argv)
@@ -337,6 +384,8 @@ def main(argv: list[str] | None = None) -> int:
             return _sweep(args)
         if args.command == "resume":
             return _resume(args)
+        if args.command == "generate":
+            return _generate(args)
         return _plot(args)
     except DivergenceError as e:
         return _fail(str(e), 1)

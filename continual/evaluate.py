@@ -26,7 +26,7 @@ def evaluate_tasks(objective, params, data: TaskData) -> jax.Array:
     def one(task):
         return objective.metric(params, data.task_batch(task))
 
-    return jax.lax.map(one, jnp.arange(data.x.shape[0]))
+    return jax.lax.map(one, jnp.arange(data.num_rows))
 
 
 def summarize(matrix, initial=None, higher_is_better: bool = True) -> dict[str, float | None]:

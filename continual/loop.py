@@ -1,13 +1,16 @@
 """The one task loop, over a leading member axis: a run is one member, a sweep is many.
 
 `compile_program` vmaps a method's pure chunk and end-of-task functions over the member axis of
-stacked TrainStates, shards that axis over every local device (padding the member count to a
-multiple of the device count), and compiles ahead of time. `run_program` then trains every task,
-evaluating all tasks between chunks, and splits the result into one Results per member.
+stacked TrainStates, places them on every local device and compiles ahead of time. A sweep
+(several members) shards the member axis (padding the member count to a multiple of the device
+count); a single run replicates its one member and shards each step's batch instead (data
+parallel). `run_program` then trains every task, evaluating all tasks between chunks, and splits
+the result into one Results per member.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -41,6 +44,7 @@ class Program(NamedTuple):
     chunk: Any  # (states, data, test, task, trainable) -> (states, losses (M, S), metric (M, T))
     finish: Any  # (states, train, task) -> (states, probe outputs (M, ...))
     evaluate: Any  # (params, test) -> metric (M, T)
+    view: tuple[str, Any] | None  # (name, evaluate) of the second reading (see _view)
     sharding: NamedSharding
     members: int  # real members; the stack may be padded past this
     compile_s: float
@@ -61,7 +65,9 @@ def finish_task(method, reset: bool, probes) -> Callable:
     return finish
 
 
-def member_functions(method, settings: Settings, probes) -> tuple[Callable, Callable]:
+def member_functions(
+    method, settings: Settings, probes, batch_sharding=None
+) -> tuple[Callable, Callable]:
     """One member's pure chunk and end-of-task functions (before vmapping)."""
     chunk = make_chunk(
         method.objective,
@@ -69,6 +75,7 @@ def member_functions(method, settings: Settings, probes) -> tuple[Callable, Call
         method.regulariser,
         settings.batch_size,
         settings.eval_every,
+        batch_sharding,
     )
     return chunk, finish_task(method, settings.reset_per_task, probes)
 
@@ -84,10 +91,19 @@ def trainable_mask(params, freeze: list[str], frozen: bool):
 
 
 def shard_members(states: TrainState) -> tuple[TrainState, NamedSharding, int]:
-    """Pads the member axis to a multiple of the local device count (repeating member 0) and
-    shards it over a one-axis mesh; returns the states, their sharding and the real count."""
+    """Places stacked states on the local devices; returns them, their sharding and the real
+    member count.
+
+    Several members (a sweep): the member axis is padded to a multiple of the device count
+    (repeating member 0) and sharded over a one-axis mesh `member`. One member (a run): the
+    states are replicated over a one-axis mesh `batch`, which each step's batch is sharded over
+    (see batch_sharding): data parallel, the same code on one device.
+    """
     devices = jax.local_devices()
     members = jax.tree.leaves(states)[0].shape[0]
+    if members == 1:
+        sharding = NamedSharding(Mesh(np.array(devices), ("batch",)), PartitionSpec())
+        return jax.device_put(states, sharding), sharding, members
     pad = -members % len(devices)
     if pad:
         states = jax.tree.map(
@@ -97,6 +113,23 @@ def shard_members(states: TrainState) -> tuple[TrainState, NamedSharding, int]:
     return jax.device_put(states, sharding), sharding, members
 
 
+def batch_sharding(sharding: NamedSharding, batch_size: int) -> NamedSharding | None:
+    """How a single run's training batch is split over its mesh: the example axis over `batch`,
+    when the batch size is a multiple of the device count; None (replicated) otherwise and in a
+    sweep, whose members are what is split."""
+    mesh = sharding.mesh
+    if mesh.axis_names != ("batch",) or batch_size < 1 or batch_size % mesh.size:
+        return None
+    return NamedSharding(mesh, PartitionSpec("batch"))
+
+
+def probe_inputs(stream: Stream) -> jax.Array:
+    """The stream's probe inputs, or one zero input of its dtype (token ids stay integers)."""
+    if stream.probes is not None:
+        return jnp.asarray(stream.probes)
+    return jnp.zeros((1, *stream.input_shape), stream.tasks[0].train["x"].dtype)
+
+
 def compile_program(
     method,
     states: TrainState,
@@ -104,39 +137,65 @@ def compile_program(
     train: TaskData,
     test: TaskData,
     settings: Settings,
-    evaluate=None,
+    shared: Program | None = None,
 ) -> tuple[Program, TrainState]:
     """Compiles `method` for the stacked `states` (leading member axis); returns the program and
-    the states placed on the devices (the compiled functions donate them). `evaluate` may be
-    another program's, when model, test data and member count are the same."""
+    the states placed on the devices (the compiled functions donate them). The evaluation
+    functions are taken from `shared`, another program with the same model, test data and
+    member count, when given."""
     states, sharding, members = shard_members(states)
     replicated = NamedSharding(sharding.mesh, PartitionSpec())
-    data = union(train) if method.joint else train
-    data, train, test = jax.device_put((data, train, test), replicated)
-    probes = stream.probes
-    probes = jnp.zeros((1, *stream.input_shape)) if probes is None else jnp.asarray(probes)
+    train, test = jax.device_put((train, test), replicated)
+    data = jax.device_put(union(train), replicated) if method.joint else train
+    probes = probe_inputs(stream)
     params0 = jax.tree.map(lambda a: a[0], states.params)
     trainable = trainable_mask(params0, method.freeze, False)
     task0 = jnp.int32(0)
     t0 = time.perf_counter()
-    chunk, finish = member_functions(method, settings, probes)
+    split = batch_sharding(sharding, settings.batch_size)
+    chunk, finish = member_functions(method, settings, probes, split)
     chunk = jax.vmap(chunk, in_axes=(0, None, None, None, None))
     finish = jax.vmap(finish, in_axes=(0, None, None))
-    if evaluate is None:
-        evaluate = jax.vmap(lambda p, t: evaluate_tasks(method.objective, p, t), in_axes=(0, None))
-        evaluate = jax.jit(evaluate).lower(states.params, test).compile()
-    chunk = jax.jit(chunk, donate_argnums=0).lower(states, data, test, task0, trainable)
-    finish = jax.jit(finish, donate_argnums=0).lower(states, train, task0)
+    if shared is None:
+        evaluate = _compile_evaluate(method.objective, states.params, test)
+        view = _view(stream, method.objective)
+        if view is not None:
+            view = view[0], _compile_evaluate(view[1], states.params, test)
+    else:
+        evaluate, view = shared.evaluate, shared.view
+    jit = functools.partial(jax.jit, donate_argnums=0, out_shardings=sharding)
+    chunk = jit(chunk).lower(states, data, test, task0, trainable)
+    finish = jit(finish).lower(states, train, task0)
     program = Program(
         data,
         chunk.compile(),
         finish.compile(),
         evaluate,
+        view,
         sharding,
         members,
         time.perf_counter() - t0,
     )
     return program, states
+
+
+def _view(stream: Stream, objective):
+    """(name, objective) of the second reading recorded after every task, or None: the stream's
+    other label masks (task-aware / task-agnostic accuracy), else the likelihood's second metric
+    (next-token accuracy of a language model)."""
+    view = stream.view()
+    if view is not None:
+        return view[0], objective._replace(label_masks=jnp.asarray(view[1]))
+    lik = objective.likelihood
+    if lik.second is None:
+        return None
+    return lik.second[0], objective._replace(likelihood=lik._replace(metric_fn=lik.second[1]))
+
+
+def _compile_evaluate(objective, params, test):
+    """The metric on every task for every member: (params (M, ...), test) -> (M, T)."""
+    evaluate = jax.vmap(lambda p, t: evaluate_tasks(objective, p, t), in_axes=(0, None))
+    return jax.jit(evaluate).lower(params, test).compile()
 
 
 class Interrupted(RuntimeError):
@@ -160,6 +219,7 @@ class Progress:
     params: list = field(default_factory=list)  # per finished row, per member (small models)
     probes: list = field(default_factory=list)  # per finished row, per member
     ends: list[int] = field(default_factory=list)  # per finished row: index of its last eval
+    view: list = field(default_factory=list)  # the other reading: before training, each row
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -217,6 +277,8 @@ def run_program(
             last_loss=[None] * m,
             diverged=[None] * m,
         )
+        if program.view is not None:
+            progress.view.append(_tolist(np.asarray(program.view[1](states.params, test))[:m]))
     p = progress
 
     def stop_requested():
@@ -266,6 +328,8 @@ def run_program(
                     f"stopped during task {row_name!r} at step {p.step}; checkpoint saved"
                 )
             fault_point("chunk")
+        if program.view is not None:
+            p.view.append(_tolist(np.asarray(program.view[1](states.params, test))[:m]))
         if settings.record_params:
             p.params.append([_member(states.params, i) for i in range(m)])
         states, out = program.finish(states, train, jnp.int32(row))
@@ -309,6 +373,16 @@ def run_program(
             probes=[row[i] for row in p.probes] if stream.probes is not None else None,
             rows=rows,
             diverged=p.diverged[i],
+            views=_views(program, p, i, method.joint),
         )
         out.append(results)
     return out
+
+
+def _views(program: Program, p: Progress, i: int, joint: bool) -> dict | None:
+    """Member i's matrix and summary under the stream's other accuracy reading."""
+    if program.view is None:
+        return None
+    initial, *rows = (row[i] for row in p.view)
+    summary = summarize(rows, None if joint else initial)
+    return {program.view[0]: {"initial": initial, "matrix": rows, "summary": summary}}

@@ -3,6 +3,8 @@
 Every function takes one example's model output `out` (C,), target `y` and label mask (C,) bool,
 and is vmapped by the caller. The training loss is the negative log-likelihood, so that the
 Fisher of a likelihood matches the curvature of its loss (EWC at strength 1 is Bayesian).
+`next_token` is the sequence case: out (L, V) logits, y (L,) next tokens, mask (V,); its loss is
+the mean over the non-[pad] positions and its metric bits per character.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+from continual.data.text import PAD  # positions whose target is [pad] do not count
 
 MASKED = -1e9  # logit given to outputs outside the label mask
 
@@ -26,6 +30,7 @@ class Likelihood(NamedTuple):
     metric_fn: Callable  # (out, y, mask) -> scalar per example
     scores: Callable  # (out, mask) -> (s (K,), w (K,)): exact Fisher = sum_k w_k (d s_k)^2
     sample: Callable  # (key, out, mask) -> y ~ p(y | out)
+    second: tuple[str, Callable] | None = None  # (name, metric_fn): a second metric recorded
 
 
 def _masked_log_probs(out_C, mask_C):
@@ -79,7 +84,55 @@ categorical = Likelihood(
 gaussian = Likelihood(
     "gaussian", "mse", False, _gaussian_nll, _squared_error, _gaussian_scores, _gaussian_sample
 )
-LIKELIHOODS = {"categorical": categorical, "gaussian": gaussian}
+
+
+def _token_log_probs(out_LxV, mask_V):
+    return jax.nn.log_softmax(jnp.where(mask_V[None, :], out_LxV, MASKED), axis=-1)
+
+
+def _position_mean(values_L, y_L):
+    valid_L = (y_L != PAD).astype(values_L.dtype)
+    return jnp.sum(values_L * valid_L) / jnp.maximum(jnp.sum(valid_L), 1.0)
+
+
+def _token_nll(out_LxV, y_L, mask_V):
+    logp_LxV = _token_log_probs(out_LxV, mask_V)
+    nll_L = -jnp.take_along_axis(logp_LxV, y_L[:, None], axis=-1)[:, 0]
+    return _position_mean(nll_L, y_L)
+
+
+def _bits_per_character(out_LxV, y_L, mask_V):
+    return _token_nll(out_LxV, y_L, mask_V) / jnp.log(2.0)
+
+
+def _token_accuracy(out_LxV, y_L, mask_V):
+    hit_L = jnp.argmax(jnp.where(mask_V[None, :], out_LxV, MASKED), axis=-1) == y_L
+    return _position_mean(hit_L.astype(jnp.float32), y_L)
+
+
+def _token_scores(out_LxV, mask_V):
+    # The loss is a mean over L positions: scores scaled by 1/sqrt(L) give its curvature,
+    # (1/L) sum_l sum_v p_lv (d log p_lv)^2. K = L * V scores: expensive; prefer `sampled`.
+    logp_LxV = _token_log_probs(out_LxV, mask_V)
+    scale = out_LxV.shape[0] ** -0.5
+    return (logp_LxV * scale).reshape(-1), jax.lax.stop_gradient(jnp.exp(logp_LxV)).reshape(-1)
+
+
+def _token_sample(key, out_LxV, mask_V):
+    return jax.random.categorical(key, jnp.where(mask_V[None, :], out_LxV, MASKED), axis=-1)
+
+
+next_token = Likelihood(
+    "next_token",
+    "bits_per_char",
+    False,
+    _token_nll,
+    _bits_per_character,
+    _token_scores,
+    _token_sample,
+    ("accuracy", _token_accuracy),
+)
+LIKELIHOODS = {"categorical": categorical, "gaussian": gaussian, "next_token": next_token}
 
 
 def weighted_mean(values_B: jax.Array, weight_B: jax.Array) -> jax.Array:

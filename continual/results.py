@@ -1,10 +1,12 @@
-"""Run directories and their files: config.json, results.json per method, curves.csv, comparison.
+"""Run directories and their files: config.json, results.json per method, curves.csv, comparison,
+tokenizer.json; a run's trained language model read back.
 
 Layout of `runs/<experiment>/<stamp>/`:
   config.json            the full config the run used
   comparison.json        every method's summary, in run order
   <method>/results.json  the Results schema (tasks, metric, matrix, summary, curves, timing, ...)
   <method>/curves.csv    step, training_task, one column per task
+  tokenizer.json         the stream's tokenizer, when it is text (read by `continual generate`)
   plots/*.png
 Every file is written to a temporary name and renamed, so none is ever half-written.
 """
@@ -16,6 +18,7 @@ import io
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 from continual.types import Results
@@ -96,7 +99,9 @@ def format_table(all_results: dict[str, Results]) -> str:
     """A fixed-width table: method, final metric per task, average, forgetting, BWT, FWT."""
     first = next(iter(all_results.values()))
     tasks = first.tasks
+    views = list(first.views or {})  # the other reading of accuracy, e.g. task-aware
     head = ["method", *tasks, "average", "forgetting", "bwt", "fwt"]
+    head += [f"{v.replace('_', '-')} avg" for v in views]
     rows = [head]
     for name, r in all_results.items():
         s = r.summary
@@ -105,6 +110,7 @@ def format_table(all_results: dict[str, Results]) -> str:
             "-" if s.get(k) is None else f"{s[k]:.4g}"
             for k in ("average", "forgetting", "bwt", "fwt")
         ]
+        cells += [f"{(r.views or {})[v]['summary']['average']:.4g}" for v in views]
         rows.append(cells)
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
 
@@ -116,3 +122,52 @@ def format_table(all_results: dict[str, Results]) -> str:
     lines = [line(r) for r in rows]
     better = "higher" if first.higher_is_better else "lower"
     return f"final {first.metric} per task ({better} is better)\n" + "\n".join(lines)
+
+
+def save_tokenizer(run_dir: Path, stream) -> None:
+    """Writes <run_dir>/tokenizer.json when the stream is text (for `continual generate`)."""
+    tokenizer = getattr(stream, "tokenizer", None)
+    if tokenizer is not None and not (run_dir / "tokenizer.json").exists():
+        write_atomic(run_dir / "tokenizer.json", tokenizer.to_json() + "\n")
+
+
+def load_language_model(run_dir: Path, method: str | None = None):
+    """(model, params, tokenizer) of a run's method (default: its first): the transformer of
+    its config with the parameters of its newest checkpoint, and the run's tokenizer.json."""
+    import jax
+
+    from continual import models, runner
+    from continual.checkpoint import Checkpointer
+    from continual.data.text import CharTokenizer
+
+    if not (run_dir / "run.json").exists():
+        raise FileNotFoundError(f"{str(run_dir)!r} is not a run directory (no run.json)")
+    try:
+        info = json.loads((run_dir / "run.json").read_text())
+        config = json.loads((run_dir / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read the run in {str(run_dir)!r}: {e}") from None
+    if info.get("kind") == "sweep":
+        raise ValueError(f"{str(run_dir)!r} is a sweep; generate reads a run's methods")
+    if not (run_dir / "tokenizer.json").exists():
+        raise ValueError(f"{str(run_dir)!r} has no tokenizer.json: its stream is not text")
+    tokenizer = CharTokenizer.from_json((run_dir / "tokenizer.json").read_text())
+    methods = info.get("methods") or []
+    method = method or (methods[0] if methods else None)
+    if method not in methods:
+        raise ValueError(f"unknown method {method!r} (this run has: {', '.join(methods)})")
+    spec = dict(config.get("model", {}))
+    if spec.pop("name", None) != "transformer":
+        raise ValueError(f"the model of {str(run_dir)!r} is not a transformer language model")
+    model = models.make("transformer", tokenizer.vocab_size, **spec)
+    folder = run_dir / method / "checkpoints"
+    if not folder.is_dir() or not any(p.name.isdigit() for p in folder.iterdir()):
+        raise ValueError(f"method {method!r} of {str(run_dir)!r} has no checkpoint")
+    plan = runner.plan(config, [method])
+    restored = Checkpointer(folder).restore_latest(runner.initial_state(plan.methods[0], plan.key))
+    if restored is None:
+        raise ValueError(f"method {method!r} of {str(run_dir)!r} has no readable checkpoint")
+    params = jax.tree.map(lambda a: a[0], restored[0].params)  # the run's one member
+    if not (run_dir / method / "results.json").exists():
+        warnings.warn(f"{method} has not finished; its newest checkpoint is used", stacklevel=2)
+    return model, params, tokenizer

@@ -21,9 +21,21 @@ from continual import models, streams
 from continual.config import ConfigError, number, section
 from continual.loop import Settings, compile_program, run_program, shard_members
 from continual.losses import LIKELIHOODS, Objective
-from continual.regularisers import Regulariser, chain, ewc, l2, mas, replay, si
+from continual.regularisers import (
+    Regulariser,
+    agem,
+    chain,
+    der,
+    ewc,
+    gem,
+    l2,
+    lwf,
+    mas,
+    replay,
+    si,
+)
 from continual.train import init_state, make_optimizer
-from continual.types import Results, Stream, TaskData, TrainState, stack_tasks
+from continual.types import Results, Stream, TaskData, TrainState, as_inputs, stack_tasks
 
 METHOD_KEYS = {"use": list, "joint": bool, "freeze": list}
 
@@ -36,14 +48,39 @@ def _build_ewc(objective, stream, train, **kw):
     return ewc(objective, num_tasks=len(stream.tasks), **kw)
 
 
-def _build_replay(objective, stream, train, **kw):
+def _examples(stream):
+    """One training example's input and target (their shapes and dtypes size the memories)."""
+    first = stream.tasks[0].train
+    return {"example_x": as_inputs(first["x"][:1])[0], "example_y": first["y"][0]}
+
+
+def _memory(stream, kw):
+    """The arguments of an episodic memory (replay, A-GEM): one example, and for class-balanced
+    selection the stream's (task, class) groups, from its training labels."""
     total = sum(len(t.train["x"]) for t in stream.tasks)
     capacity = kw.get("capacity")
     if isinstance(capacity, int) and capacity > total:
         raise ValueError(
             f"capacity {capacity} is larger than the stream's {total} training examples"
         )
-    return replay(objective, example_x=train.x[0, 0], example_y=train.y[0, 0], **kw)
+    out = _examples(stream)
+    if kw.get("selection") == "class_balanced":
+        groups = []
+        for t in stream.tasks:
+            y = np.asarray(t.train["y"])
+            if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+                raise ValueError("selection 'class_balanced' needs integer class labels")
+            groups += [(t.id, int(c)) for c in np.unique(y)]
+        out["groups"] = groups
+    return out
+
+
+def _build_replay(objective, stream, train, **kw):
+    return replay(objective, **_memory(stream, kw), **kw)
+
+
+def _build_agem(objective, stream, train, **kw):
+    return agem(objective, **_memory(stream, kw), **kw)
 
 
 def _build_si(objective, stream, train, **kw):
@@ -54,12 +91,34 @@ def _build_mas(objective, stream, train, **kw):
     return mas(objective, **kw)
 
 
+def _build_lwf(objective, stream, train, **kw):
+    return lwf(objective, **kw)
+
+
+def _build_der(objective, stream, train, **kw):
+    return der(objective, **_examples(stream), **kw)
+
+
+def _build_derpp(objective, stream, train, **kw):
+    """DER++: DER whose beta (the weight of the memory's label loss) defaults to 0.5."""
+    return der(objective, **_examples(stream), **{"beta": 0.5, **kw})
+
+
+def _build_gem(objective, stream, train, **kw):
+    return gem(objective, num_tasks=len(stream.tasks), **_examples(stream), **kw)
+
+
 REGULARISERS = {
     "l2": _build_l2,
     "ewc": _build_ewc,
     "si": _build_si,
     "mas": _build_mas,
     "replay": _build_replay,
+    "lwf": _build_lwf,
+    "agem": _build_agem,
+    "der": _build_der,
+    "derpp": _build_derpp,
+    "gem": _build_gem,
 }
 
 
@@ -152,7 +211,9 @@ def build_method(
     if model_name not in models.MODELS:
         raise ConfigError(f"unknown model {model_name!r} (known: {', '.join(models.MODELS)})")
     model = _call(models.make, f"model {model_name}", model_name, stream.num_outputs, **model_spec)
-    params = _call(_init_params, f"model {model_name}", model, key, train.x[0, :1])
+    params = _call(
+        _init_params, f"model {model_name}", model, key, as_inputs(stream.tasks[0].train["x"][:1])
+    )
     masks = jnp.asarray(np.stack([t.label_mask for t in stream.tasks]))
     objective = Objective(model.apply, LIKELIHOODS[stream.likelihood], masks)
     opt_spec = {k: v for k, v in section(config, "optimizer").items() if k != "reset_per_task"}
@@ -289,7 +350,7 @@ def execute(
     """
     settings = train_settings(p.config)
     ckpt = checkpoint_settings(p.config)
-    out, evaluate = {}, None  # every method has the same model and test data: one evaluate
+    out, shared = {}, None  # every method has the same model and test data: one evaluate
     for m in p.methods:
         done = run_dir / m.name / "results.json" if run_dir else None
         if resume and done is not None and done.exists():
@@ -298,9 +359,9 @@ def execute(
                 on_result(out[m.name])
             continue
         program, states = compile_program(
-            m, initial_state(m, p.key), p.stream, p.train, p.test, settings, evaluate
+            m, initial_state(m, p.key), p.stream, p.train, p.test, settings, shared
         )
-        evaluate = program.evaluate
+        shared = program
         progress, save = None, None
         if run_dir is not None:
             states, progress, save = checkpointing(

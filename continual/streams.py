@@ -1,10 +1,13 @@
-"""Task-stream factories: the article's linear toy and split classification streams."""
+"""Task-stream factories: the article's linear toy, split, permuted and rotated streams of
+classification sources (MNIST, Fashion-MNIST, MNIST-1D, synthetic blobs), and text domains."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from continual.data import mnist1d, synthetic, toy
+from continual.data import mnist, mnist1d, synthetic, text, toy
 from continual.types import SCENARIOS, Stream, Task
 
 
@@ -84,4 +87,197 @@ def split_mnist1d(num_tasks: int = 5, scenario: str = "class") -> Stream:
     return split("mnist1d", *mnist1d.load(), num_tasks=num_tasks, scenario=scenario)
 
 
-STREAMS = {"linear_toy": linear_toy, "split_blobs": split_blobs, "split_mnist1d": split_mnist1d}
+def _images(name: str):
+    """(N, 28, 28, 1) uint8 images (read as k/255 by TaskData) and int32 labels."""
+    x_train, y_train, x_test, y_test = mnist.load(name)
+    return x_train[..., None], y_train, x_test[..., None], y_test
+
+
+SOURCES = {
+    "mnist": lambda: _images("mnist"),
+    "fashion_mnist": lambda: _images("fashion_mnist"),
+    "mnist1d": mnist1d.load,
+}
+
+
+def _source(source: str):
+    if source not in SOURCES:
+        raise ValueError(f"unknown source {source!r}; choose one of {', '.join(SOURCES)}")
+    return SOURCES[source]()
+
+
+def split_source(source: str = "mnist", num_tasks: int = 5, scenario: str = "class") -> Stream:
+    """A source's classes split into `num_tasks` tasks of consecutive classes."""
+    return split(source, *_source(source), num_tasks=num_tasks, scenario=scenario)
+
+
+def transformed(
+    name: str, x_train, y_train, x_test, y_test, pixels: list, names: list[str], scenario: str
+) -> Stream:
+    """One task per input transform of the whole source (`pixels`: (index, weight) per task, see
+    Task), all tasks sharing the source's arrays.
+
+    domain: the classes share one head; task: one head per task (labels offset by task, other
+    heads masked); class: one head per task, nothing masked.
+    """
+    if scenario not in SCENARIOS:
+        raise ValueError(f"unknown scenario {scenario!r}; choose one of {', '.join(SCENARIOS)}")
+    num_classes = int(max(y_train.max(), y_test.max())) + 1
+    per_head = scenario != "domain"
+    num_outputs = num_classes * (len(pixels) if per_head else 1)
+    y_train, y_test = y_train.astype(np.int32), y_test.astype(np.int32)
+    tasks = []
+    for t, transform in enumerate(pixels):
+        offset = np.int32(t * num_classes if per_head else 0)
+        mask = np.ones(num_outputs, bool)
+        if scenario == "task":
+            mask[:] = False
+            mask[offset : offset + num_classes] = True
+        train = {"x": x_train, "y": y_train + offset}
+        test = {"x": x_test, "y": y_test + offset}
+        tasks.append(Task(t, f"{name}[{names[t]}]", train, test, mask, transform))
+    return Stream(name, tuple(tasks), scenario, "categorical", num_outputs)
+
+
+def permutations(num_tasks: int, dim: int, seed: int) -> list:
+    """Input transforms: the identity for the first task, then random pixel permutations."""
+    rng = np.random.default_rng(seed)
+    ones = np.ones((1, dim), np.float32)
+    index = [np.arange(dim)] + [rng.permutation(dim) for _ in range(num_tasks - 1)]
+    return [(i.astype(np.int32)[None], ones) for i in index]
+
+
+def rotation(shape: tuple[int, ...], degrees: float):
+    """Input transform rotating (H, W[, 1]) images by `degrees` about their centre, bilinearly
+    interpolated; pixels rotated in from outside the image are 0."""
+    h, w = shape[:2]
+    theta = np.deg2rad(degrees)
+    rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    cy, cx = (h - 1) / 2, (w - 1) / 2
+    # Where each output pixel comes from: the inverse rotation of its coordinates.
+    sy = cy + (rows - cy) * np.cos(theta) - (cols - cx) * np.sin(theta)
+    sx = cx + (rows - cy) * np.sin(theta) + (cols - cx) * np.cos(theta)
+    y0, x0 = np.floor(sy).astype(int), np.floor(sx).astype(int)
+    index, weight = [], []
+    for dy in (0, 1):
+        for dx in (0, 1):
+            yy, xx = y0 + dy, x0 + dx
+            wgt = (1 - np.abs(sy - yy)) * (1 - np.abs(sx - xx))
+            inside = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
+            index.append(np.where(inside, yy * w + xx, 0).ravel())
+            weight.append(np.where(inside, wgt, 0.0).ravel())
+    return np.stack(index).astype(np.int32), np.stack(weight).astype(np.float32)
+
+
+def permuted(
+    source: str = "mnist", num_tasks: int = 10, scenario: str = "domain", seed: int = 0
+) -> Stream:
+    """Permuted `source`: task 0 the original inputs, each later task a fixed random permutation
+    of the input features (applied on the fly: one copy of the data)."""
+    if num_tasks < 1:
+        raise ValueError(f"num_tasks must be >= 1, got {num_tasks}")
+    data = _source(source)
+    dim = int(np.prod(data[0].shape[1:]))
+    names = ["original"] + [f"perm{t}" for t in range(1, num_tasks)]
+    pixels = permutations(num_tasks, dim, seed)
+    return transformed(f"permuted_{source}", *data, pixels, names, scenario)
+
+
+def rotated(
+    source: str = "mnist", num_tasks: int = 5, max_degrees: float = 180.0, scenario="domain"
+) -> Stream:
+    """Rotated `source`: task t shows the images rotated by t * max_degrees / num_tasks."""
+    if num_tasks < 1:
+        raise ValueError(f"num_tasks must be >= 1, got {num_tasks}")
+    data = _source(source)
+    shape = data[0].shape[1:]
+    if len(shape) < 2 or (len(shape) == 3 and shape[2] != 1):
+        raise ValueError(f"rotated needs one-channel 2-D images; {source} inputs are {shape}")
+    angles = [t * max_degrees / num_tasks for t in range(num_tasks)]
+    names = [f"{a:g}deg" for a in angles]
+    pixels = [rotation(shape, a) for a in angles]
+    return transformed(f"rotated_{source}", *data, pixels, names, scenario)
+
+
+@dataclass(frozen=True)
+class TextStream(Stream):
+    """A stream of token windows that carries the tokenizer its ids decode with."""
+
+    tokenizer: text.CharTokenizer | None = None
+
+
+def spaced_windows(ids: np.ndarray, context: int, count: int):
+    """`count` windows (x_NxL, y_NxL) of L = `context` tokens (y is x shifted by one), their
+    starts evenly spaced from the first token to the last full window (they overlap when the
+    text is shorter than count x (context + 1))."""
+    if len(ids) < context + 1:
+        raise ValueError(f"{len(ids)} tokens make no window of {context} + 1 tokens")
+    starts_N = np.linspace(0, len(ids) - context - 1, count).round().astype(np.int64)
+    w_NxL1 = np.asarray(ids, np.int32)[starts_N[:, None] + np.arange(context + 1)[None, :]]
+    return np.ascontiguousarray(w_NxL1[:, :-1]), np.ascontiguousarray(w_NxL1[:, 1:])
+
+
+def text_domains(
+    domains=("english", "python", "chinese_news"),
+    context: int = 64,
+    train_windows: int = 512,
+    test_windows: int = 64,
+    min_count: int = 1,
+    test_fraction: float = 0.1,
+    tiny: bool = False,
+) -> TextStream:
+    """Domain-incremental language modelling: one task per corpus of continual.data.text, in order.
+
+    One character tokenizer is built from every domain's training split (characters occurring
+    fewer than `min_count` times there read as [unk]), so the vocabulary, the number of outputs,
+    never changes. Each task holds `train_windows` and `test_windows` windows of `context`
+    tokens, evenly spaced over its training and test splits (split_corpus: 100 blocks, the tail
+    of each held out; one block for the built-in `tiny` texts). Every output but [pad] is allowed.
+    """
+    domains = list(domains)
+    if not domains or len(set(domains)) != len(domains):
+        raise ValueError(f"domains must be distinct corpora of {', '.join(text.CORPORA)}")
+    for name, value in (
+        ("context", context),
+        ("train_windows", train_windows),
+        ("test_windows", test_windows),
+        ("min_count", min_count),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    splits = [
+        text.split_corpus(text.load_corpus(d, tiny=tiny), test_fraction, 1 if tiny else 100)
+        for d in domains
+    ]
+    tokenizer = text.CharTokenizer.build([train for train, _ in splits], min_count)
+    mask = np.ones(tokenizer.vocab_size, bool)
+    mask[text.PAD] = False
+    tasks = []
+    for i, (name, parts) in enumerate(zip(domains, splits, strict=True)):
+        data = []
+        for part, count in zip(parts, (train_windows, test_windows), strict=True):
+            try:
+                x, y = spaced_windows(tokenizer.encode(part), context, count)
+            except ValueError as e:
+                raise ValueError(f"domain {name}: {e}; use a shorter context") from None
+            data.append({"x": x, "y": y})
+        tasks.append(Task(i, name, data[0], data[1], mask))
+    return TextStream(
+        "text_domains",
+        tuple(tasks),
+        "domain",
+        "next_token",
+        tokenizer.vocab_size,
+        tokenizer=tokenizer,
+    )
+
+
+STREAMS = {
+    "linear_toy": linear_toy,
+    "split_blobs": split_blobs,
+    "split_mnist1d": split_mnist1d,
+    "split": split_source,
+    "permuted": permuted,
+    "rotated": rotated,
+    "text_domains": text_domains,
+}

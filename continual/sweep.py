@@ -21,7 +21,13 @@ import numpy as np
 
 from continual import runner
 from continual.config import ConfigError, parse_value
-from continual.loop import compile_program, member_functions, run_program, trainable_mask
+from continual.loop import (
+    compile_program,
+    member_functions,
+    probe_inputs,
+    run_program,
+    trainable_mask,
+)
 from continual.types import Results
 
 GRID_SECTIONS = ("regularisers", "optimizer", "model")
@@ -118,8 +124,7 @@ def _program_text(method, plan, settings) -> str:
     state = runner.initial_state(method, plan.key)
     state = jax.tree.map(lambda a: a[0], state)
     trainable = trainable_mask(state.params, method.freeze, False)
-    probes = jnp.zeros((1, *plan.stream.input_shape))
-    chunk, finish = member_functions(method, settings, probes)
+    chunk, finish = member_functions(method, settings, probe_inputs(plan.stream))
     task0 = jnp.int32(0)
     return str(jax.make_jaxpr(chunk)(state, plan.train, plan.test, task0, trainable)) + str(
         jax.make_jaxpr(finish)(state, plan.train, task0)

@@ -57,13 +57,7 @@ def sample_batch(data: TaskData, task, key, batch_size: int) -> dict:
     """`batch_size` examples of `task`, drawn uniformly with replacement; 0 means all of them."""
     if batch_size == 0:
         return data.task_batch(task)
-    idx = jax.random.randint(key, (batch_size,), 0, data.n[task])
-    return {
-        "x": data.x[task, idx],
-        "y": data.y[task, idx],
-        "task": data.task[task, idx],
-        "weight": jnp.ones((batch_size,), jnp.float32),
-    }
+    return data.sample(task, jax.random.randint(key, (batch_size,), 0, data.n[task]))
 
 
 def make_train_step(objective: Objective, optimizer, regulariser: Regulariser) -> Callable:
@@ -94,10 +88,18 @@ def make_train_step(objective: Objective, optimizer, regulariser: Regulariser) -
 
 
 def make_chunk(
-    objective: Objective, optimizer, regulariser: Regulariser, batch_size: int, num_steps: int
+    objective: Objective,
+    optimizer,
+    regulariser: Regulariser,
+    batch_size: int,
+    num_steps: int,
+    batch_sharding=None,
 ) -> Callable:
     """Returns the pure chunk(state, train, test, task, trainable) -> (state, losses, values):
     `num_steps` steps on task `task` as one lax.scan, then the metric on every task's test split.
+
+    With a `batch_sharding` (a jax.sharding.Sharding of the example axis) every sampled batch is
+    laid out that way: data parallel, XLA sums the gradients over the devices.
 
     A step whose loss or new parameters are not finite is not applied and reports a NaN loss:
     the state stays frozen at its last finite values (in a sweep, other members go on).
@@ -108,6 +110,8 @@ def make_chunk(
         def body(s, _):
             key = jax.random.fold_in(jax.random.fold_in(s.key, 2), s.step)
             batch = sample_batch(train, task, key, batch_size)
+            if batch_sharding is not None:
+                batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
             new, metrics = step(s, batch, trainable)
             loss = metrics["loss"] + metrics["penalty"]
             finite = [jnp.isfinite(p).all() for p in jax.tree.leaves(new.params)]

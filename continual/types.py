@@ -17,13 +17,20 @@ SCENARIOS = ("task", "domain", "class")
 
 
 class Task(NamedTuple):
-    """One task of a stream: train/test dicts of arrays ({"x", "y"}) with a leading example axis."""
+    """One task of a stream: train/test dicts of arrays ({"x", "y"}) with a leading example axis.
+
+    `pixels`, if given, is an input transform applied on the fly, `(index, weight)` of shape
+    (K, D) over the flattened input: feature d of the task's input is
+    sum_k weight[k, d] * x[index[k, d]] (a permutation has K = 1; a bilinear rotation K = 4).
+    Tasks of a permuted or rotated stream share one input array, so it is stored once.
+    """
 
     id: int
     name: str
     train: dict[str, np.ndarray]
     test: dict[str, np.ndarray]
     label_mask: np.ndarray  # bool over output units: which outputs this task may use
+    pixels: tuple[np.ndarray, np.ndarray] | None = None
 
 
 @dataclass(frozen=True)
@@ -51,27 +58,82 @@ class Stream:
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.tasks[0].train["x"].shape[1:])
 
+    def view(self) -> tuple[str, np.ndarray] | None:
+        """The other reading of a classification stream's accuracy, as FACIL and Mammoth report:
+        task-IL streams are also scored task-agnostic (every output), class-IL streams also
+        task-aware (each task's own classes); (name, label masks (T, C)), or None (domain-IL,
+        regression)."""
+        if self.likelihood != "categorical" or self.scenario == "domain":
+            return None
+        if self.scenario == "task":
+            return "task_agnostic", np.ones((len(self.tasks), self.num_outputs), bool)
+        own = np.zeros((len(self.tasks), self.num_outputs), bool)
+        for i, t in enumerate(self.tasks):
+            own[i, np.unique(np.asarray(t.train["y"]))] = True
+        return "task_aware", own
+
+
+def as_inputs(x):
+    """What a model sees of stored inputs: uint8 arrays are images, read as k/255 in float32
+    (so that a stream keeps a quarter of the memory); any other array is returned unchanged."""
+    if x.dtype == np.uint8:
+        return x.astype(np.float32) * np.float32(1 / 255)
+    return x
+
 
 class TaskData(NamedTuple):
-    """Every task's split stacked and zero-padded to one shape: x (T, N, ...), y (T, N, ...),
-    n (T,), and the task each example belongs to, task (T, N) (a union of tasks mixes them).
+    """Every task's split as one padded shape, its inputs stored once.
 
-    Tasks of different sizes share one shape, so switching task changes values, never shapes.
+    `store` (S, ...) holds each distinct input array once; `ref` (T, N) points every example of
+    every task row into it, `y` (T, N, ...) and `task` (T, N) (the task each example belongs to,
+    which selects its label mask and input transform) are per example, `n` (T,) counts the valid
+    ones. `pixels` = (index, weight), each (tasks, K, D), is the per-task input transform (see
+    Task), or None. Tasks of different sizes share one shape, so switching task changes values,
+    never shapes; a permuted stream keeps one copy of its images.
     """
 
-    x: jax.Array
+    store: jax.Array
+    ref: jax.Array
     y: jax.Array
     n: jax.Array  # valid examples per task
-    task: jax.Array  # (T, N) task id of every example, which selects its label mask
+    task: jax.Array  # (T, N) task id of every example
+    pixels: tuple | None = None
+
+    @property
+    def num_rows(self) -> int:
+        return self.ref.shape[0]
+
+    def inputs(self, row, idx) -> jax.Array:
+        """The inputs of examples `idx` of row `row`, transformed as their task says."""
+        x = as_inputs(self.store[self.ref[row, idx]])
+        if self.pixels is None:
+            return x
+        index, weight = self.pixels
+        flat = x.reshape(x.shape[0], -1)
+        if index.shape[0] == self.num_rows:  # rows are tasks: one transform for the whole row
+            picked = flat[:, index[row]] * weight[row][None]  # (B, K, D)
+        else:  # a union of tasks: each example its own task's transform
+            task = self.task[row, idx]
+            picked = jnp.take_along_axis(flat[:, None, :], index[task], axis=2) * weight[task]
+        return picked.sum(axis=1).astype(x.dtype).reshape(x.shape)
 
     def task_batch(self, task) -> dict:
         """Task `task`'s whole split as one batch {"x", "y", "task", "weight"}; padding weighs 0."""
-        n_max = self.x.shape[1]
+        idx = jnp.arange(self.ref.shape[1])
         return {
-            "x": self.x[task],
+            "x": self.inputs(task, idx),
             "y": self.y[task],
             "task": self.task[task],
-            "weight": (jnp.arange(n_max) < self.n[task]).astype(jnp.float32),
+            "weight": (idx < self.n[task]).astype(jnp.float32),
+        }
+
+    def sample(self, task, idx) -> dict:
+        """Examples `idx` (all valid) of task `task` as a batch of weight 1."""
+        return {
+            "x": self.inputs(task, idx),
+            "y": self.y[task, idx],
+            "task": self.task[task, idx],
+            "weight": jnp.ones(idx.shape, jnp.float32),
         }
 
 
@@ -86,34 +148,50 @@ class TrainState(NamedTuple):
 
 
 def stack_tasks(tasks: tuple[Task, ...] | list[Task], split: str) -> TaskData:
-    """Stacks one split of every task into a padded TaskData."""
+    """Stacks one split of every task into a padded TaskData (shared input arrays stored once)."""
     parts = [getattr(t, split) for t in tasks]
     n_max = max(len(p["x"]) for p in parts)
+    stored, offsets, refs = [], {}, []
+    for p in parts:
+        x = p["x"]
+        if id(x) not in offsets:
+            offsets[id(x)] = sum(len(a) for a in stored)
+            stored.append(np.asarray(x))
+        ref = np.zeros(n_max, np.int32)
+        ref[: len(x)] = offsets[id(x)] + np.arange(len(x))
+        refs.append(ref)
 
     def pad(a):
         out = np.zeros((n_max, *a.shape[1:]), a.dtype)
         out[: len(a)] = a
         return out
 
-    x = np.stack([pad(np.asarray(p["x"])) for p in parts])
+    store = stored[0] if len(stored) == 1 else np.concatenate(stored)
     y = np.stack([pad(np.asarray(p["y"])) for p in parts])
     n = np.array([len(p["x"]) for p in parts], np.int32)
     ids = np.broadcast_to(np.array([t.id for t in tasks], np.int32)[:, None], (len(parts), n_max))
-    return TaskData(x=x, y=y, n=n, task=np.ascontiguousarray(ids))
+    pixels = None
+    if any(t.pixels is not None for t in tasks):
+        if any(t.pixels is None for t in tasks):
+            raise ValueError("either every task of a stream has an input transform or none has")
+        pixels = tuple(np.stack([np.asarray(t.pixels[i]) for t in tasks]) for i in (0, 1))
+    return TaskData(store, np.stack(refs), y, n, np.ascontiguousarray(ids), pixels)
 
 
 def union(data: TaskData) -> TaskData:
-    """All tasks of `data` as one task (the joint baseline's training set)."""
+    """All tasks of `data` as one task (the joint baseline's training set); inputs stay shared."""
     keep = [np.arange(int(n)) for n in np.asarray(data.n)]
 
     def cat(a):
         return np.concatenate([np.asarray(a)[t, k] for t, k in enumerate(keep)])[None]
 
     return TaskData(
-        x=cat(data.x),
+        store=data.store,
+        ref=cat(data.ref),
         y=cat(data.y),
         n=np.array([sum(map(len, keep))], np.int32),
         task=cat(data.task),
+        pixels=data.pixels,
     )
 
 
@@ -134,6 +212,7 @@ class Results:
     probes: list[list[Any]] | None = None  # predictions on the stream's probe inputs per row
     rows: list[str] | None = None  # what each matrix row is (a task name, or "joint")
     diverged: dict[str, Any] | None = None  # {"task", "step", "last_finite_loss"} if it did
+    views: dict[str, Any] | None = None  # {"task_aware" | "task_agnostic": {matrix, summary}}
 
     def to_json(self) -> dict[str, Any]:
         out = {
@@ -154,6 +233,8 @@ class Results:
             out["probes"] = self.probes
         if self.diverged is not None:
             out["diverged"] = self.diverged
+        if self.views is not None:
+            out["views"] = self.views
         return out
 
     @classmethod
@@ -175,4 +256,5 @@ class Results:
             probes=d.get("probes"),
             rows=d.get("rows"),
             diverged=d.get("diverged"),
+            views=d.get("views"),
         )

@@ -1,6 +1,10 @@
 """Small builders shared by the tests."""
 
 import copy
+import json
+import os
+import subprocess
+import sys
 
 import jax
 
@@ -36,3 +40,19 @@ def leaves_close(a, b, tol=1e-6):
     return all(
         abs(x - y).max() <= tol for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
     )
+
+
+def on_four_devices(code: str):
+    """Runs `code` in a fresh interpreter that sees four CPU devices (from the repository root);
+    returns the JSON its last line of output prints."""
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        cwd=os.path.dirname(os.path.dirname(__file__)),
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])

@@ -2,9 +2,6 @@
 
 import copy
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -12,7 +9,7 @@ import pytest
 from continual import sweep as sw
 from continual.cli import main
 
-from helpers import run
+from helpers import on_four_devices, run
 
 
 def tiny_config():
@@ -101,17 +98,7 @@ print(json.dumps([r.matrix for r in results]))
 
 
 def test_four_devices_give_the_numbers_of_one():
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
-    done = subprocess.run(
-        [sys.executable, "-c", FOUR_DEVICES],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-        cwd=os.path.dirname(os.path.dirname(__file__)),
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    four = json.loads(done.stdout.strip().splitlines()[-1])
+    four = on_four_devices(FOUR_DEVICES)
     _, (one,) = sweep_results(
         tiny_config(), {"regularisers.ewc.strength": [0.5, 5.0, 50.0]}, 2, "ewc"
     )

@@ -125,17 +125,23 @@ _CHUNK_FLOATS = 2**21  # per-chunk budget for per-example gradients (8 MiB of fl
 # member: a sweep vmaps this over its members)
 
 
+def subset(data, key, num_samples: int | None):
+    """A uniform random subset of `num_samples` valid examples of a batch (all when None or
+    when there are fewer rows); padding rows sort last, so they are picked only if needed."""
+    n = data["x"].shape[0]
+    if num_samples is None or num_samples >= n:
+        return data
+    order = jnp.argsort(jax.random.uniform(key, (n,)) + (data["weight"] <= 0))
+    return jax.tree.map(lambda a: a[order[:num_samples]], data)
+
+
 def example_mean(per_example, params, data, key, num_samples: int | None = None, copies: int = 1):
     """Mean over the valid examples of `data` (or a random subset of `num_samples` of them) of
     per_example(x, y, task, key) -> a params-shaped pytree, computed in chunks of examples small
     enough that `copies` params-sized arrays per example stay within a fixed memory budget."""
-    n = data["x"].shape[0]
     pick_key, example_key = jax.random.split(key)
-    if num_samples is not None and num_samples < n:
-        # A random subset of the valid examples: padding sorts last.
-        order = jnp.argsort(jax.random.uniform(pick_key, (n,)) + (data["weight"] <= 0))
-        data = jax.tree.map(lambda a: a[order[:num_samples]], data)
-        n = num_samples
+    data = subset(data, pick_key, num_samples)
+    n = data["x"].shape[0]
     num_params = sum(p.size for p in jax.tree.leaves(params))
     chunk = int(max(1, min(n, _CHUNK_FLOATS // (num_params * copies))))
     pad = -n % chunk

@@ -19,7 +19,14 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from continual.regularisers.base import check_nonnegative, example_mean, quadratic, regulariser
+from continual.regularisers.base import (
+    check_nonnegative,
+    example_mean,
+    quadratic,
+    regulariser,
+    subset,
+)
+from continual.regularisers.dense_fisher import dense_fisher, dense_layers
 
 ESTIMATORS = ("exact", "empirical", "sampled")
 MODES = ("separate", "online")
@@ -41,6 +48,14 @@ def fisher_diagonal(
     if estimator not in ESTIMATORS:
         raise ValueError(f"unknown Fisher estimator {estimator!r}; choose one of {ESTIMATORS}")
     lik = objective.likelihood
+    if estimator == "exact":
+        paths = dense_layers(objective.apply, params, data["x"][:1])
+        if paths is not None:  # a network of Dense layers: no per-example gradients needed
+            pick_key, _ = jax.random.split(key)
+            data = subset(data, pick_key, num_samples)
+            total = dense_fisher(objective, params, data, paths)
+            count = jnp.maximum(jnp.sum(data["weight"]), 1e-12)
+            return jax.tree.map(lambda t: t / count, total)
 
     def example_fisher(x, y, task, k):
         mask = objective.label_masks[task]

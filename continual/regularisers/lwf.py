@@ -1,0 +1,76 @@
+"""Learning without forgetting (Li & Hoiem 2017), as van de Ven et al. (2022) run it.
+
+At a task's end the current parameters are kept as the previous model, and the output units of
+the tasks seen so far are marked: for a categorical output, the units of their label masks that
+occurred as a training label (the classes seen so far, so that class-incremental learning does
+not distil the classes still to come), otherwise their whole label masks. On every batch,
+
+    penalty = strength * T^2 * mean_x KL(softmax(f_old(x)/T) || softmax(f(x)/T)),
+
+both softmaxes over the seen units only, the mean over the batch's valid (weight > 0) inputs, and
+the previous model's outputs held constant. T^2 keeps the gradient's scale independent of the
+temperature (Hinton et al. 2015). Zero until the first task is consolidated.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from continual.losses import MASKED, weighted_mean
+from continual.regularisers.base import check_nonnegative, regulariser
+
+
+class LwFState(NamedTuple):
+    strength: jax.Array
+    temperature: jax.Array  # T
+    previous: object  # the parameters at the end of the last task
+    seen: jax.Array  # (C,) bool: output units of the tasks consolidated so far
+
+
+def distillation(out_BxC, target_BxC, seen_C, temperature) -> jax.Array:
+    """T^2 * KL(softmax(target/T) || softmax(out/T)) per example, over the `seen` units (0 for
+    every example when none is seen); outputs with more axes (B, ..., C) average over the middle
+    ones."""
+    seen = jnp.broadcast_to(seen_C, out_BxC.shape)
+    logp = jax.nn.log_softmax(jnp.where(seen, out_BxC / temperature, MASKED), axis=-1)
+    logq = jax.nn.log_softmax(jnp.where(seen, target_BxC / temperature, MASKED), axis=-1)
+    kl = jnp.sum(jnp.where(seen, jnp.exp(logq) * (logq - logp), 0.0), axis=-1)
+    return temperature**2 * kl.reshape(kl.shape[0], -1).mean(axis=1)
+
+
+def lwf(objective, strength: float = 1.0, temperature: float = 2.0):
+    """LwF regulariser: `strength` weighs the distillation loss, `temperature` softens both
+    distributions (van de Ven et al. use T = 2)."""
+    check_nonnegative(strength=strength, temperature=temperature)
+    if temperature == 0:
+        raise ValueError("temperature must be > 0, got 0")
+    categorical = objective.likelihood.name == "categorical"
+
+    def init(params):
+        return LwFState(
+            jnp.asarray(strength, jnp.float32),
+            jnp.asarray(temperature, jnp.float32),
+            params,
+            jnp.zeros(objective.label_masks.shape[-1:], bool),
+        )
+
+    def penalty(params, state, batch, key):
+        target = jax.lax.stop_gradient(objective.apply(state.previous, batch["x"]))
+        kd_B = distillation(
+            objective.apply(params, batch["x"]), target, state.seen, state.temperature
+        )
+        return state.strength * weighted_mean(kd_B, batch["weight"]), {}
+
+    def consolidate(state, params, data, key):
+        valid = data["weight"] > 0
+        units = jnp.any(objective.label_masks[data["task"]] & valid[:, None], axis=0)
+        if categorical:  # only the classes that occurred
+            labels = data["y"].reshape(valid.shape[0], -1)
+            hits = jnp.broadcast_to(valid[:, None], labels.shape).astype(jnp.int32)
+            units = units & (jnp.zeros(units.shape, jnp.int32).at[labels].max(hits) > 0)
+        return state._replace(previous=params, seen=state.seen | units)
+
+    return regulariser("lwf", init, penalty, consolidate=consolidate)
