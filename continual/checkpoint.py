@@ -85,11 +85,13 @@ class Checkpointer:
         fault_point("checkpoint_write")  # the write may still be going on in the background
         self.manager.wait_until_finished()
 
-    def restore_latest(self, template):
+    def restore_latest(self, template, move_aside: bool = True):
         """(states, progress) of the newest readable checkpoint, or None if there is none.
 
         `template` is a TrainState of the right structure, shapes and devices (fresh initial
-        states); unreadable checkpoints are skipped with a warning."""
+        states); unreadable checkpoints are skipped with a warning and, with `move_aside`, moved
+        to corrupt_checkpoints/ (a read-only caller passes False). A checkpoint whose state has a
+        different layout (another version of continual) is an error, not a corruption."""
         ocp = self._ocp
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, to_saveable(template))
         for step in sorted(self.manager.all_steps(), reverse=True):
@@ -102,6 +104,18 @@ class Checkpointer:
                 )
                 return from_saveable(got["states"], template), got["progress"]
             except Exception as e:  # any failure to read means: move it aside, use an older one
+                if "tree structure" in str(e):  # readable, but not this code's state layout
+                    raise ValueError(
+                        f"checkpoint {self.directory / str(step)} holds a different state layout "
+                        "(written by another version of continual); start over with --overwrite"
+                    ) from None
+                if not move_aside:
+                    warnings.warn(
+                        f"checkpoint {self.directory / str(step)} is unreadable "
+                        f"({type(e).__name__}: {str(e)[:200]}); trying an older one",
+                        stacklevel=2,
+                    )
+                    continue
                 aside, i = self.directory.parent / "corrupt_checkpoints" / str(step), 1
                 while aside.exists():
                     aside, i = aside.with_name(f"{step}-{i}"), i + 1

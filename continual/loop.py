@@ -41,6 +41,8 @@ class Program(NamedTuple):
     """A method's executables for a stack of members, compiled for their shapes and devices."""
 
     data: TaskData  # what it trains on: the stream's tasks, or their union for `joint`
+    train: TaskData  # the stream's training and test splits, on the devices
+    test: TaskData
     chunk: Any  # (states, data, test, task, trainable) -> (states, losses (M, S), metric (M, T))
     finish: Any  # (states, train, task) -> (states, probe outputs (M, ...))
     evaluate: Any  # (params, test) -> metric (M, T)
@@ -168,6 +170,8 @@ def compile_program(
     finish = jit(finish).lower(states, train, task0)
     program = Program(
         data,
+        train,
+        test,
         chunk.compile(),
         finish.compile(),
         evaluate,
@@ -263,6 +267,7 @@ def run_program(
     Interrupted at the next chunk boundary.
     """
     m = program.members
+    train, test = program.train, program.test  # the device copies: no transfer per chunk
     names = names or [method.name] * m
     num_steps = settings.steps * (len(stream.tasks) if method.joint else 1)
     num_chunks = num_steps // settings.eval_every
@@ -381,8 +386,8 @@ def run_program(
 
 def _views(program: Program, p: Progress, i: int, joint: bool) -> dict | None:
     """Member i's matrix and summary under the stream's other accuracy reading."""
-    if program.view is None:
-        return None
+    if program.view is None or len(p.view) != len(p.ends) + 1:
+        return None  # e.g. resumed from a checkpoint written before views were recorded
     initial, *rows = (row[i] for row in p.view)
     summary = summarize(rows, None if joint else initial)
     return {program.view[0]: {"initial": initial, "matrix": rows, "summary": summary}}

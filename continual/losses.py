@@ -31,6 +31,9 @@ class Likelihood(NamedTuple):
     scores: Callable  # (out, mask) -> (s (K,), w (K,)): exact Fisher = sum_k w_k (d s_k)^2
     sample: Callable  # (key, out, mask) -> y ~ p(y | out)
     second: tuple[str, Callable] | None = None  # (name, metric_fn): a second metric recorded
+    # y -> how many positions the nll averages over (sequences); None: one. The squared gradient
+    # of a mean over n independent positions is 1/n of its Fisher: EWC multiplies it back.
+    positions: Callable | None = None
 
 
 def _masked_log_probs(out_C, mask_C):
@@ -131,6 +134,7 @@ next_token = Likelihood(
     _token_scores,
     _token_sample,
     ("accuracy", _token_accuracy),
+    lambda y_L: jnp.maximum(jnp.sum(y_L != PAD), 1).astype(jnp.float32),
 )
 LIKELIHOODS = {"categorical": categorical, "gaussian": gaussian, "next_token": next_token}
 

@@ -164,7 +164,9 @@ def load_language_model(run_dir: Path, method: str | None = None):
     if not folder.is_dir() or not any(p.name.isdigit() for p in folder.iterdir()):
         raise ValueError(f"method {method!r} of {str(run_dir)!r} has no checkpoint")
     plan = runner.plan(config, [method])
-    restored = Checkpointer(folder).restore_latest(runner.initial_state(plan.methods[0], plan.key))
+    restored = Checkpointer(folder).restore_latest(
+        runner.initial_state(plan.methods[0], plan.key), move_aside=False
+    )
     if restored is None:
         raise ValueError(f"method {method!r} of {str(run_dir)!r} has no readable checkpoint")
     params = jax.tree.map(lambda a: a[0], restored[0].params)  # the run's one member

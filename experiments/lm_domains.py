@@ -59,7 +59,7 @@ def get_config(arg=None):
         "optimizer": {"name": "adam", "learning_rate": 2e-3},
         "train": {"steps": 200, "batch_size": 32, "eval_every": 50},
         "regularisers": {
-            "ewc": {"strength": 1000.0, "estimator": "sampled", "num_samples": 128},
+            "ewc": {"strength": 15.625, "estimator": "sampled", "num_samples": 128},
             "l2": {"strength": 1.0},
             "replay": {"capacity": 512, "weight": 1.0, "batch_size": 32},
             "lwf": {"strength": 1.0, "temperature": 2.0},

@@ -46,6 +46,7 @@ def on_four_devices(code: str):
     """Runs `code` in a fresh interpreter that sees four CPU devices (from the repository root);
     returns the JSON its last line of output prints."""
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    env["JAX_PLATFORMS"] = "cpu"  # four simulated CPU devices, also on a machine with a GPU
     done = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,

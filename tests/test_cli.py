@@ -121,6 +121,14 @@ BAD = {
         ["run", "linear_toy", "--set", "regularisers.ewc.gamma=-1"],
         "gamma must be >= 0",
     ),
+    "cnn kernel larger than the signal": (
+        ["run", "mnist1d_baselines", "--arg", "cnn", "--set", "model.kernels=100,3,3"],
+        "does not fit its input of size 40",
+    ),
+    "unknown mnist1d_baselines argument": (
+        ["run", "mnist1d_baselines", "--arg", "resnet"],
+        "--arg must be one of mlp, cnn",
+    ),
     "negative replay weight": (
         ["run", "linear_toy", "--set", "regularisers.replay.weight=-1"],
         "weight must be >= 0",

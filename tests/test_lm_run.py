@@ -66,6 +66,27 @@ def test_next_token_likelihood_closed_forms():
     assert y.shape == (50,) and (y != text.PAD).all()
 
 
+def test_sampled_token_fisher_averages_to_the_exact_one():
+    # The loss is a mean over L positions: the squared gradient of one sampled window is 1/L of
+    # its Fisher in expectation, which EWC multiplies back (the exact estimator's scale).
+    from continual import models
+    from continual.losses import Objective
+    from continual.regularisers import fisher_diagonal
+
+    model = models.make("transformer", 6, num_layers=1, d_model=8, num_heads=2, context=8)
+    x = jax.random.randint(jax.random.key(1), (4, 8), 1, 6)
+    params = model.init(jax.random.key(0), x)
+    objective = Objective(model.apply, next_token, jnp.ones((1, 6), bool).at[0, 0].set(False))
+    data = {"x": x, "y": x, "task": jnp.zeros(4, jnp.int32), "weight": jnp.ones(4)}
+    exact = fisher_diagonal(objective, params, data, jax.random.key(2), "exact")
+    draws = jax.vmap(lambda k: fisher_diagonal(objective, params, data, k, "sampled"))(
+        jax.random.split(jax.random.key(3), 300)
+    )
+    total_exact = sum(float(e.sum()) for e in jax.tree.leaves(exact))
+    total_sampled = sum(float(d.mean(0).sum()) for d in jax.tree.leaves(draws))
+    assert total_sampled == pytest.approx(total_exact, rel=0.15)
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")

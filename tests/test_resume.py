@@ -155,3 +155,29 @@ def test_a_killed_sweep_resumes_to_the_same_numbers(tmp_path):
     done = cli(["resume", str(run_dir), "--quiet", "--no-plots"], tmp_path)
     assert done.returncode == 0, done.stderr
     assert sweep_members(run_dir) == sweep_members(tmp_path / "split_blobs" / "full")
+
+
+def test_a_checkpoint_of_another_state_layout_is_an_error_not_a_corruption(tmp_path):
+    import jax.numpy as jnp
+
+    from continual.checkpoint import Checkpointer
+    from continual.types import TrainState
+
+    def state(reg_state):
+        return TrainState(
+            jnp.zeros((1,), jnp.int32),
+            {"w": jnp.ones((1, 2))},
+            (),
+            reg_state,
+            jnp.zeros((1, 2), jnp.uint32),
+        )
+
+    folder = tmp_path / "m" / "checkpoints"
+    saver = Checkpointer(folder)
+    saver.save(1, state({"x": jnp.ones((1, 3))}), {"row": 1})
+    saver.close()
+    with pytest.raises(ValueError, match="different state layout"):
+        Checkpointer(folder).restore_latest(
+            state({"memory": jnp.ones((1, 3)), "tasks": jnp.zeros((1,))})
+        )
+    assert (folder / "1").is_dir() and not (tmp_path / "m" / "corrupt_checkpoints").exists()

@@ -77,7 +77,7 @@ def test_permuted_and_rotated_need_sensible_arguments():
         streams.permuted(source="mnist1d", num_tasks=0)
 
 
-def test_permuted_mnist1d_runs_in_the_three_scenarios():
+def test_permuted_and_split_mnist1d_name_their_tasks_and_other_reading():
     stream = streams.permuted(source="mnist1d", num_tasks=2, scenario="task")
     assert [t.name for t in stream.tasks] == [
         "permuted_mnist1d[original]",

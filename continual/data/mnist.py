@@ -95,7 +95,7 @@ _DEB_DIR = "usr/share/datasets/fashion-mnist"
 _TOOL_TIMEOUT_S = 300
 
 
-class DataUnavailable(RuntimeError):
+class DataUnavailable(OSError):
     """No source could supply the data; the message says what was tried and how to supply it."""
 
 

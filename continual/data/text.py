@@ -231,7 +231,7 @@ def _python(stdlib: Path) -> str:
     return "\n".join(_clean((stdlib / f).read_text(encoding="utf-8")) for f in PYTHON_FILES)
 
 
-class DataUnavailable(RuntimeError):
+class DataUnavailable(OSError):
     """A corpus could not be had: its source failed, or built to a text other than the pinned."""
 
 

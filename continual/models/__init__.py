@@ -23,6 +23,9 @@ def make(name: str, num_outputs: int, **kwargs):
     if name == "cnn":
         keys = ("channels", "kernels", "strides", "widths")
         layers = {k: _positive_ints(k, kwargs.pop(k)) for k in keys if k in kwargs}
+        padding = kwargs.get("padding", 1)
+        if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
+            raise ValueError(f"padding must be an integer >= 0, got {padding!r}")
         model = CNN(features=num_outputs, **layers, **kwargs)
         if not len(model.channels) == len(model.kernels) == len(model.strides) >= 1:
             raise ValueError("channels, kernels and strides must be lists of one equal length")

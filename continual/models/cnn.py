@@ -27,6 +27,12 @@ class CNN(nn.Module):
             x = x[..., None]
         spatial = x.ndim - 2
         for i, (c, k, s) in enumerate(zip(self.channels, self.kernels, self.strides, strict=True)):
+            size = min(x.shape[1:-1])
+            if (size + 2 * self.padding - k) // s + 1 < 1:
+                raise ValueError(
+                    f"convolution {i} (kernel {k}, stride {s}, padding {self.padding}) does "
+                    f"not fit its input of size {size}; use smaller kernels or fewer layers"
+                )
             pad = [(self.padding, self.padding)] * spatial
             x = nn.relu(nn.Conv(c, (k,) * spatial, (s,) * spatial, pad, name=f"conv_{i}")(x))
         h_BxH = x.reshape(x.shape[0], -1)

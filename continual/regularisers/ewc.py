@@ -73,7 +73,8 @@ def fisher_diagonal(
         if estimator == "sampled":
             y = lik.sample(k, jax.lax.stop_gradient(out_fn(params)), mask)
         g = jax.grad(lambda p: lik.nll(out_fn(p), y, mask))(params)
-        return jax.tree.map(jnp.square, g)
+        n = 1.0 if lik.positions is None else lik.positions(y)  # a mean over n positions
+        return jax.tree.map(lambda gi: n * gi**2, g)
 
     num_scores = objective.label_masks.shape[-1] if estimator == "exact" else 1
     return example_mean(example_fisher, params, data, key, num_samples, num_scores)

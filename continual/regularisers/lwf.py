@@ -1,4 +1,5 @@
-"""Learning without forgetting (Li & Hoiem 2017), as van de Ven et al. (2022) run it.
+"""Learning without forgetting (Li & Hoiem 2017), as van de Ven et al. (2022) run it in
+class-incremental learning (in task-incremental learning one softmax spans all seen heads).
 
 At a task's end the current parameters are kept as the previous model, and the output units of
 the tasks seen so far are marked: for a categorical output, the units of their label masks that

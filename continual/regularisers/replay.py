@@ -32,6 +32,7 @@ class Buffer(NamedTuple):
 class ReplayState(NamedTuple):
     weight: jax.Array  # how much the replay loss counts against the current task's loss
     memory: Buffer
+    tasks: jax.Array  # tasks consolidated so far (for scale_by_tasks)
 
 
 def empty_buffer(capacity: int, example: dict) -> Buffer:
@@ -172,23 +173,32 @@ def replay(
     selection: str = "reservoir",
     per_class: int | None = None,
     groups=None,
+    scale_by_tasks: bool = False,
 ):
     """Replay regulariser. `example_x`/`example_y` are one example's arrays (shape and dtype);
     `batch_size` 0 replays the whole memory every step, otherwise a uniform sample of that size;
-    `selection`, `per_class`, `groups`: see `episodic_memory`."""
+    `selection`, `per_class`, `groups`: see `episodic_memory`. With `scale_by_tasks` the replayed
+    loss is also multiplied by the number of earlier tasks, t - 1 in task t: van de Ven et al.'s
+    weighting 1/t (current) to 1 - 1/t (replayed), up to an overall factor t."""
     check_nonnegative(weight=weight)
+    if not isinstance(scale_by_tasks, bool):
+        raise ValueError(f"replay scale_by_tasks must be true or false, got {scale_by_tasks!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 0:
         raise ValueError(f"replay batch_size must be an integer >= 0, got {batch_size!r}")
     memory = episodic_memory(capacity, example_x, example_y, selection, per_class, groups)
 
     def init(params):
-        return ReplayState(jnp.asarray(weight, jnp.float32), memory.init())
+        return ReplayState(
+            jnp.asarray(weight, jnp.float32), memory.init(), jnp.zeros((), jnp.int32)
+        )
 
     def penalty(params, state, batch, key):
         loss = objective.loss(params, sample_buffer(state.memory, key, batch_size))
-        return state.weight * loss, {"loss": loss}
+        scale = state.tasks.astype(jnp.float32) if scale_by_tasks else 1.0
+        return state.weight * scale * loss, {"loss": loss}
 
     def consolidate(state, params, data, key):
-        return state._replace(memory=memory.insert(state.memory, data, key))
+        inserted = memory.insert(state.memory, data, key)
+        return state._replace(memory=inserted, tasks=state.tasks + 1)
 
     return regulariser("replay", init, penalty, consolidate=consolidate)
