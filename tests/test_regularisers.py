@@ -293,16 +293,23 @@ def test_fisher_ignores_padding_and_subsamples():
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-9)  # all valid ones, any order
 
 
-def test_replay_scaled_by_tasks_weighs_the_memory_by_the_earlier_tasks():
-    plain = replay(OBJ, capacity=10, example_x=X0, example_y=Y0, weight=0.5)
-    scaled = replay(OBJ, capacity=10, example_x=X0, example_y=Y0, weight=0.5, scale_by_tasks=True)
+@pytest.mark.parametrize("method", ["replay", "lwf"])
+def test_scaled_by_tasks_weighs_the_old_tasks_by_their_number(method):
+    if method == "replay":
+        plain = replay(OBJ, capacity=10, example_x=X0, example_y=Y0, weight=0.5)
+        scaled = replay(
+            OBJ, capacity=10, example_x=X0, example_y=Y0, weight=0.5, scale_by_tasks=True
+        )
+    else:
+        plain, scaled = lwf(OBJ, strength=0.5), lwf(OBJ, strength=0.5, scale_by_tasks=True)
     assert float(scaled.penalty(PARAMS, scaled.init(PARAMS), batch(0), jax.random.key(0))[0]) == 0
     a, b = plain.init(PARAMS), scaled.init(PARAMS)
     for t in range(2):  # after two tasks: 2 earlier tasks while training the third
         a = plain.consolidate(a, PARAMS, task_data(t), jax.random.key(t))
         b = scaled.consolidate(b, PARAMS, task_data(t), jax.random.key(t))
-    penalty_a = float(plain.penalty(PARAMS, a, batch(2), jax.random.key(9))[0])
-    penalty_b = float(scaled.penalty(PARAMS, b, batch(2), jax.random.key(9))[0])
+    moved_params = moved(PARAMS)  # LwF is zero at the stored model
+    penalty_a = float(plain.penalty(moved_params, a, batch(2), jax.random.key(9))[0])
+    penalty_b = float(scaled.penalty(moved_params, b, batch(2), jax.random.key(9))[0])
     assert penalty_a > 0 and np.isclose(penalty_b, 2 * penalty_a, rtol=1e-6)
 
 

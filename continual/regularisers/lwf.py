@@ -29,6 +29,7 @@ class LwFState(NamedTuple):
     temperature: jax.Array  # T
     previous: object  # the parameters at the end of the last task
     seen: jax.Array  # (C,) bool: output units of the tasks consolidated so far
+    tasks: jax.Array  # tasks consolidated so far (for scale_by_tasks)
 
 
 def distillation(out_BxC, target_BxC, seen_C, temperature) -> jax.Array:
@@ -42,10 +43,13 @@ def distillation(out_BxC, target_BxC, seen_C, temperature) -> jax.Array:
     return temperature**2 * kl.reshape(kl.shape[0], -1).mean(axis=1)
 
 
-def lwf(objective, strength: float = 1.0, temperature: float = 2.0):
+def lwf(objective, strength: float = 1.0, temperature: float = 2.0, scale_by_tasks: bool = False):
     """LwF regulariser: `strength` weighs the distillation loss, `temperature` softens both
-    distributions (van de Ven et al. use T = 2)."""
+    distributions (van de Ven et al. use T = 2); `scale_by_tasks` also multiplies it by the
+    number of earlier tasks, t - 1 in task t (their 1/t : 1 - 1/t weighting, up to a factor t)."""
     check_nonnegative(strength=strength, temperature=temperature)
+    if not isinstance(scale_by_tasks, bool):
+        raise ValueError(f"lwf scale_by_tasks must be true or false, got {scale_by_tasks!r}")
     if temperature == 0:
         raise ValueError("temperature must be > 0, got 0")
     categorical = objective.likelihood.name == "categorical"
@@ -56,6 +60,7 @@ def lwf(objective, strength: float = 1.0, temperature: float = 2.0):
             jnp.asarray(temperature, jnp.float32),
             params,
             jnp.zeros(objective.label_masks.shape[-1:], bool),
+            jnp.zeros((), jnp.int32),
         )
 
     def penalty(params, state, batch, key):
@@ -63,7 +68,8 @@ def lwf(objective, strength: float = 1.0, temperature: float = 2.0):
         kd_B = distillation(
             objective.apply(params, batch["x"]), target, state.seen, state.temperature
         )
-        return state.strength * weighted_mean(kd_B, batch["weight"]), {}
+        scale = state.tasks.astype(jnp.float32) if scale_by_tasks else 1.0
+        return state.strength * scale * weighted_mean(kd_B, batch["weight"]), {}
 
     def consolidate(state, params, data, key):
         valid = data["weight"] > 0
@@ -72,6 +78,6 @@ def lwf(objective, strength: float = 1.0, temperature: float = 2.0):
             labels = data["y"].reshape(valid.shape[0], -1)
             hits = jnp.broadcast_to(valid[:, None], labels.shape).astype(jnp.int32)
             units = units & (jnp.zeros(units.shape, jnp.int32).at[labels].max(hits) > 0)
-        return state._replace(previous=params, seen=state.seen | units)
+        return state._replace(previous=params, seen=state.seen | units, tasks=state.tasks + 1)
 
     return regulariser("lwf", init, penalty, consolidate=consolidate)
