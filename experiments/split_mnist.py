@@ -6,7 +6,7 @@
     continual run split_mnist --arg domain           # domain-incremental (shared 2-way head)
     continual sweep split_mnist --arg class --seeds 10 --method ewc    # one method, 10 seeds
 
-A method's 5-seed sweep took 7-15 minutes on 2 shared CPU cores (docs/reproductions.md).
+A method's 5-seed sweep takes 2-13 minutes on 2 CPU cores (docs/reproductions.md).
 
 MNIST (60,000 / 10,000 images; obtained without a download where needed, see README) in five
 tasks of two digits; MLP 784-400-400-10 (ReLU), Adam lr 1e-3 (moments not reset), minibatches
