@@ -70,8 +70,9 @@ def dense_fisher(objective, params, data, paths):
             s_BxK, w_BxK = jax.vmap(lik.scores)(out, masks)
             return s_BxK, (w_BxK, inputs)
 
-        shapes = _output_shapes(objective.apply, params, x, len(paths))
-        eps = [jnp.zeros(s, jnp.float32) for s in shapes]
+        # Each layer's output is (batch, its kernel's output width): no second trace needed.
+        widths = [_leaf(params, p, "kernel").shape[-1] for p in paths]
+        eps = [jnp.zeros((x.shape[0], w), jnp.float32) for w in widths]
         s_BxK, vjp, (w_BxK, inputs) = jax.vjp(scores, eps, has_aux=True)
         w_BxK = jax.lax.stop_gradient(w_BxK) * weight[:, None]
 
@@ -101,21 +102,6 @@ def dense_fisher(objective, params, data, paths):
     for p, (kernel, bias) in zip(paths, total, strict=True):
         out["params"] = _set(out["params"], p, {"kernel": kernel, "bias": bias})
     return out
-
-
-def _output_shapes(apply, params, x, count):
-    shapes = []
-
-    def record(next_fun, args, kwargs, context):
-        out = next_fun(*args, **kwargs)
-        if _is_dense_call(context):
-            shapes.append(out.shape)
-        return out
-
-    with nn.intercept_methods(record):
-        jax.eval_shape(lambda p, x: apply(p, x), params, x)
-    assert len(shapes) == count
-    return shapes
 
 
 def _leaf(params, path, name):
