@@ -1,4 +1,5 @@
-"""Evaluation: the metric on every task, and the continual-learning summary of a metric matrix.
+"""Evaluation: the metric on every task (or on the tasks seen so far), and the continual-learning
+summary of a metric matrix.
 
 `matrix[i][j]` is the metric on task j after training task i (T x T). Definitions, for a metric
 where higher is better (Lopez-Paz & Ranzato 2017; Chaudhry et al. 2018):
@@ -9,6 +10,9 @@ where higher is better (Lopez-Paz & Ranzato 2017; Chaudhry et al. 2018):
 For a lower-is-better metric (MSE, bits per character) forgetting, bwt and fwt are sign-flipped so
 that their meaning stays: forgetting > 0 is knowledge lost, bwt < 0 is old tasks getting worse,
 fwt > 0 is a head start on tasks not yet trained.
+
+A missing entry (a task not evaluated, e.g. not yet seen with `train.evaluate = "seen"`) is NaN;
+a summary that needs one is None.
 """
 
 from __future__ import annotations
@@ -20,19 +24,36 @@ import numpy as np
 from continual.types import TaskData
 
 
-def evaluate_tasks(objective, params, data: TaskData) -> jax.Array:
-    """The metric on every task's split: shape (T,)."""
+def evaluate_tasks(objective, params, data: TaskData, upto=None) -> jax.Array:
+    """The metric on every task's split: shape (T,).
+
+    With `upto` (a traced int), only tasks 0..upto are evaluated and the others are NaN: each
+    task is a `lax.cond`, so a skipped task costs nothing and `upto` is a value, not a shape
+    (one compiled program serves every row).
+    """
 
     def one(task):
         return objective.metric(params, data.task_batch(task))
 
-    return jax.lax.map(one, jnp.arange(data.num_rows))
+    tasks = jnp.arange(data.num_rows)
+    if upto is None:
+        return jax.lax.map(one, tasks)
+    shape = jax.eval_shape(one, tasks[0])
+
+    def seen(task):
+        return jax.lax.cond(
+            task <= upto, one, lambda _: jnp.full(shape.shape, jnp.nan, shape.dtype), task
+        )
+
+    return jax.lax.map(seen, tasks)
 
 
 def summarize(matrix, initial=None, higher_is_better: bool = True) -> dict[str, float | None]:
     """Average, forgetting, BWT and FWT of a T x T matrix (None where undefined, e.g. T = 1).
 
     A matrix with fewer rows than columns (the joint baseline's single row) gets only `average`.
+    Average, forgetting and BWT read only the lower triangle (diagonal included); FWT reads the
+    entries above the diagonal and `initial`, and is None when any of them is missing (NaN).
     """
     m = np.asarray(matrix, np.float64)
     rows, cols = m.shape
@@ -51,5 +72,7 @@ def summarize(matrix, initial=None, higher_is_better: bool = True) -> dict[str, 
     out["bwt"] = float(sign * np.mean(m[t - 1, : t - 1] - np.diag(m)[: t - 1]))
     if initial is not None:
         init = np.asarray(initial, np.float64)
-        out["fwt"] = float(sign * np.mean([m[j - 1, j] - init[j] for j in range(1, t)]))
+        ahead = np.array([m[j - 1, j] - init[j] for j in range(1, t)])
+        if not np.isnan(ahead).any():  # missing when the tasks ahead were not evaluated
+            out["fwt"] = float(sign * np.mean(ahead))
     return out

@@ -6,6 +6,11 @@ stacked TrainStates, places them on every local device and compiles ahead of tim
 count); a single run replicates its one member and shards each step's batch instead (data
 parallel). `run_program` then trains every task, evaluating all tasks between chunks, and splits
 the result into one Results per member.
+
+With `Settings.evaluate = "seen"` a chunk of row `row` evaluates only tasks 0..row (the joint
+baseline, which trains on the union, still evaluates all of them) and nothing is evaluated before
+training: the row index is a value, each task a `lax.cond`, so nothing recompiles and an unseen
+task costs nothing. Missing values are NaN in arrays and Results, None in Progress (JSON).
 """
 
 from __future__ import annotations
@@ -35,6 +40,16 @@ class Settings(NamedTuple):
     batch_size: int  # 0: whole task
     record_params: bool = False
     reset_per_task: bool = False
+    evaluate: str = "all"  # "all": every task, and before training; "seen": tasks 0..row only
+
+
+EVALUATE = ("all", "seen")
+
+
+def seen_only(method, settings: Settings) -> bool:
+    """Whether `method` evaluates only the tasks seen so far (never the joint baseline, whose
+    one row has seen every task)."""
+    return settings.evaluate == "seen" and not method.joint
 
 
 class Program(NamedTuple):
@@ -45,7 +60,7 @@ class Program(NamedTuple):
     test: TaskData
     chunk: Any  # (states, data, test, task, trainable) -> (states, losses (M, S), metric (M, T))
     finish: Any  # (states, train, task) -> (states, probe outputs (M, ...))
-    evaluate: Any  # (params, test) -> metric (M, T)
+    evaluate: Any  # (params, test, upto) -> metric (M, T); upto (int32) is used when "seen"
     view: tuple[str, Any] | None  # (name, evaluate) of the second reading (see _view)
     sharding: NamedSharding
     members: int  # real members; the stack may be padded past this
@@ -78,6 +93,7 @@ def member_functions(
         settings.batch_size,
         settings.eval_every,
         batch_sharding,
+        seen_only(method, settings),
     )
     return chunk, finish_task(method, settings.reset_per_task, probes)
 
@@ -159,10 +175,11 @@ def compile_program(
     chunk = jax.vmap(chunk, in_axes=(0, None, None, None, None))
     finish = jax.vmap(finish, in_axes=(0, None, None))
     if shared is None:
-        evaluate = _compile_evaluate(method.objective, states.params, test)
+        seen = settings.evaluate == "seen"
+        evaluate = _compile_evaluate(method.objective, states.params, test, seen)
         view = _view(stream, method.objective)
         if view is not None:
-            view = view[0], _compile_evaluate(view[1], states.params, test)
+            view = view[0], _compile_evaluate(view[1], states.params, test, seen)
     else:
         evaluate, view = shared.evaluate, shared.view
     jit = functools.partial(jax.jit, donate_argnums=0, out_shardings=sharding)
@@ -196,10 +213,15 @@ def _view(stream: Stream, objective):
     return lik.second[0], objective._replace(likelihood=lik._replace(metric_fn=lik.second[1]))
 
 
-def _compile_evaluate(objective, params, test):
-    """The metric on every task for every member: (params (M, ...), test) -> (M, T)."""
-    evaluate = jax.vmap(lambda p, t: evaluate_tasks(objective, p, t), in_axes=(0, None))
-    return jax.jit(evaluate).lower(params, test).compile()
+def _compile_evaluate(objective, params, test, seen: bool = False):
+    """The metric on every task for every member: (params (M, ...), test, upto) -> (M, T).
+    With `seen`, tasks after `upto` are NaN and cost nothing; otherwise `upto` is ignored."""
+
+    def evaluate(p, t, upto):
+        return evaluate_tasks(objective, p, t, upto if seen else None)
+
+    evaluate = jax.vmap(evaluate, in_axes=(0, None, None))
+    return jax.jit(evaluate).lower(params, test, jnp.int32(0)).compile()
 
 
 class Interrupted(RuntimeError):
@@ -234,7 +256,14 @@ class Progress:
 
 
 def _tolist(a) -> list:
-    return np.asarray(a, np.float64).tolist()
+    """A float array as nested lists, NaN (a missing value) as None."""
+    a = np.asarray(a, np.float64)
+    return np.where(np.isnan(a), None, a).tolist()
+
+
+def _floats(rows) -> list:
+    """Nested lists with None (missing) back to NaN."""
+    return np.asarray(rows, np.float64).tolist()
 
 
 def _member(tree, i: int):
@@ -272,9 +301,17 @@ def run_program(
     num_steps = settings.steps * (len(stream.tasks) if method.joint else 1)
     num_chunks = num_steps // settings.eval_every
     rows = ["joint"] if method.joint else stream.task_names
+    seen = seen_only(method, settings)
+    last = jnp.int32(len(stream.tasks) - 1)
     t0 = time.perf_counter()
     if progress is None:
-        initial = np.asarray(program.evaluate(states.params, test))[:m]  # (M, T)
+        if settings.evaluate == "seen":  # nothing is evaluated before training: unknown
+            initial = np.full((m, len(stream.tasks)), np.nan)
+            initial_view = initial if program.view is not None else None
+        else:
+            initial = np.asarray(program.evaluate(states.params, test, last))[:m]  # (M, T)
+            if program.view is not None:
+                initial_view = np.asarray(program.view[1](states.params, test, last))[:m]
         progress = Progress(
             steps=[0],
             training_task=[0],
@@ -283,7 +320,7 @@ def run_program(
             diverged=[None] * m,
         )
         if program.view is not None:
-            progress.view.append(_tolist(np.asarray(program.view[1](states.params, test))[:m]))
+            progress.view.append(_tolist(initial_view))
     p = progress
 
     def stop_requested():
@@ -334,7 +371,8 @@ def run_program(
                 )
             fault_point("chunk")
         if program.view is not None:
-            p.view.append(_tolist(np.asarray(program.view[1](states.params, test))[:m]))
+            upto = jnp.int32(row) if seen else last
+            p.view.append(_tolist(np.asarray(program.view[1](states.params, test, upto))[:m]))
         if settings.record_params:
             p.params.append([_member(states.params, i) for i in range(m)])
         states, out = program.finish(states, train, jnp.int32(row))
@@ -388,6 +426,6 @@ def _views(program: Program, p: Progress, i: int, joint: bool) -> dict | None:
     """Member i's matrix and summary under the stream's other accuracy reading."""
     if program.view is None or len(p.view) != len(p.ends) + 1:
         return None  # e.g. resumed from a checkpoint written before views were recorded
-    initial, *rows = (row[i] for row in p.view)
+    initial, *rows = (_floats(row[i]) for row in p.view)
     summary = summarize(rows, None if joint else initial)
     return {program.view[0]: {"initial": initial, "matrix": rows, "summary": summary}}

@@ -1,4 +1,8 @@
-"""Figures of a run: each method's metric matrix, and old- vs new-task curves over training."""
+"""Figures of a run: each method's metric matrix, and old- vs new-task curves over training.
+
+Missing values (NaN: tasks not evaluated, e.g. not yet seen with `train.evaluate = "seen"`) are
+blank cells in the matrix and gaps in the curves.
+"""
 
 from __future__ import annotations
 
@@ -40,11 +44,12 @@ def plot_matrices(all_results: dict[str, Results], path: Path) -> Path:
     rows, cols = _grid(len(all_results))
     fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.0 * rows), squeeze=False)
     for ax, (name, r) in zip(axes.flat, all_results.items(), strict=False):
-        m = np.asarray(r.matrix)
+        m = np.asarray(r.matrix, np.float64)  # None or NaN: missing, drawn as a blank cell
         cmap = "viridis" if r.higher_is_better else "viridis_r"
-        ax.imshow(m, cmap=cmap, aspect="auto")
+        ax.imshow(np.ma.masked_invalid(m), cmap=cmap, aspect="auto")
         for (i, j), v in np.ndenumerate(m):
-            ax.text(j, i, f"{v:.3g}", ha="center", va="center", color="w", fontsize=8)
+            if np.isfinite(v):
+                ax.text(j, i, f"{v:.3g}", ha="center", va="center", color="w", fontsize=8)
         ax.set_xticks(range(m.shape[1]), r.tasks, rotation=45, ha="right", fontsize=7)
         ax.set_yticks(range(m.shape[0]), r.rows or r.tasks[: m.shape[0]], fontsize=7)
         ax.set_xlabel(f"evaluated on ({r.metric})", fontsize=8)
@@ -57,7 +62,8 @@ def plot_matrices(all_results: dict[str, Results], path: Path) -> Path:
 
 
 def plot_curves(all_results: dict[str, Results], path: Path) -> Path:
-    """Metric on every task over training steps, one panel per method, task boundaries dashed."""
+    """Metric on every task over training steps, one panel per method, task boundaries dashed;
+    a task's curve starts where it was first evaluated (gaps where it was not)."""
     plt = _pyplot()
     rows, cols = _grid(len(all_results))
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
@@ -67,11 +73,13 @@ def plot_curves(all_results: dict[str, Results], path: Path) -> Path:
         if not r.higher_is_better:  # errors span decades: log scale, exact zeros floored
             values = np.maximum(values, 1e-12)
         training = np.asarray(r.curves["training_task"])
+        missing = np.isnan(values).any()  # markers, so that a lone evaluated point shows
         for j, task in enumerate(r.tasks):
-            ax.plot(steps, values[:, j], label=task, lw=1.5)
+            ax.plot(steps, values[:, j], label=task, lw=1.5, marker="." if missing else None)
         for b in steps[:-1][np.diff(training) != 0]:
             ax.axvline(b, color="grey", ls="--", lw=0.8)
-        if not r.higher_is_better and values.max() > 100 * values.min():
+        known = values[~np.isnan(values)]
+        if not r.higher_is_better and known.size and known.max() > 100 * known.min():
             ax.set_yscale("log")
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("training step", fontsize=8)

@@ -19,7 +19,7 @@ import numpy as np
 
 from continual import models, streams
 from continual.config import ConfigError, number, section
-from continual.loop import Settings, compile_program, run_program, shard_members
+from continual.loop import EVALUATE, Settings, compile_program, run_program, shard_members
 from continual.losses import LIKELIHOODS, Objective
 from continual.regularisers import (
     Regulariser,
@@ -232,7 +232,12 @@ def build_method(
 
 
 def train_settings(config: dict) -> Settings:
-    """The checked train section (and the optimizer's reset_per_task) as loop Settings."""
+    """The checked train section (and the optimizer's reset_per_task) as loop Settings.
+
+    train.evaluate: "all" (default) evaluates every task before training and after every
+    chunk; "seen" only tasks 0..t while training task t (none before training, so FWT is
+    undefined; the joint baseline still evaluates every task).
+    """
     t = section(config, "train")
     steps = number(t.get("steps"), "train.steps", 1, integer=True)
     every = number(t.get("eval_every", steps), "train.eval_every", 1, integer=True)
@@ -240,7 +245,13 @@ def train_settings(config: dict) -> Settings:
         raise ConfigError(f"train.steps ({steps}) must be a multiple of train.eval_every ({every})")
     batch = number(t.get("batch_size", 0), "train.batch_size", 0, integer=True)
     reset = section(config, "optimizer").get("reset_per_task", False)
-    return Settings(steps, every, batch, bool(t.get("record_params", False)), bool(reset))
+    evaluate = t.get("evaluate", "all")
+    if evaluate not in EVALUATE:
+        raise ConfigError(
+            f"train.evaluate must be one of {', '.join(map(repr, EVALUATE))}, got {evaluate!r}"
+        )
+    record = bool(t.get("record_params", False))
+    return Settings(steps, every, batch, record, bool(reset), evaluate)
 
 
 @dataclass
@@ -288,6 +299,8 @@ def with_defaults(config: dict) -> dict:
     """The config with every optional section present (so that --set can reach its keys)."""
     out = dict(config)
     out["checkpoint"] = {**CHECKPOINT_DEFAULTS, **config.get("checkpoint", {})}
+    if isinstance(config.get("train"), dict):
+        out["train"] = {"evaluate": "all", **config["train"]}
     return out
 
 

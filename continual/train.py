@@ -94,9 +94,11 @@ def make_chunk(
     batch_size: int,
     num_steps: int,
     batch_sharding=None,
+    seen_only: bool = False,
 ) -> Callable:
     """Returns the pure chunk(state, train, test, task, trainable) -> (state, losses, values):
-    `num_steps` steps on task `task` as one lax.scan, then the metric on every task's test split.
+    `num_steps` steps on task `task` as one lax.scan, then the metric on every task's test split
+    (with `seen_only`, on tasks 0..task only; the others are NaN and cost nothing).
 
     With a `batch_sharding` (a jax.sharding.Sharding of the example axis) every sampled batch is
     laid out that way: data parallel, XLA sums the gradients over the devices.
@@ -123,7 +125,8 @@ def make_chunk(
             return kept._replace(key=s.key), jnp.where(ok, loss, jnp.nan)
 
         state, losses = jax.lax.scan(body, state, None, length=num_steps)
-        return state, losses, evaluate_tasks(objective, state.params, test)
+        upto = task if seen_only else None
+        return state, losses, evaluate_tasks(objective, state.params, test, upto)
 
     return chunk
 

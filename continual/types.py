@@ -195,16 +195,45 @@ def union(data: TaskData) -> TaskData:
     )
 
 
+def _nan_to_none(x):
+    """`x` (nested lists / dicts) with every NaN float replaced by None, for strict JSON."""
+    if isinstance(x, float):
+        return None if x != x else x
+    if isinstance(x, dict):
+        return {k: _nan_to_none(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_nan_to_none(v) for v in x]
+    return x
+
+
+def _none_to_nan(x):
+    """Nested lists of numbers with None (a missing value) read back as NaN."""
+    if x is None:
+        return float("nan")
+    if isinstance(x, list):
+        return [_none_to_nan(v) for v in x]
+    return x
+
+
+def _read_missing(d: dict, keys: tuple[str, ...]) -> dict:
+    """`d` with its `keys` (where present) read by _none_to_nan."""
+    return {k: _none_to_nan(v) if k in keys else v for k, v in d.items()}
+
+
 @dataclass
 class Results:
-    """One method's results on one stream; `to_json` is the results.json schema."""
+    """One method's results on one stream; `to_json` is the results.json schema.
+
+    A missing value (a task not evaluated: unseen with `train.evaluate = "seen"`, or `initial`
+    then) is NaN here and null in JSON; `from_json` reads null back as NaN.
+    """
 
     method: str
     tasks: list[str]
     metric: str
     higher_is_better: bool
     matrix: list[list[float]]  # matrix[i][j]: metric on task j after training up to row i
-    initial: list[float]  # metric on every task before any training (for FWT)
+    initial: list[float]  # metric on every task before any training (for FWT); NaN: unknown
     summary: dict[str, float | None]
     curves: dict[str, list]  # {"step", "training_task", "values" (per eval, per task)}
     timing: dict[str, float]
@@ -235,7 +264,7 @@ class Results:
             out["diverged"] = self.diverged
         if self.views is not None:
             out["views"] = self.views
-        return out
+        return _nan_to_none(out)
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Results:
@@ -250,11 +279,18 @@ class Results:
             "curves",
             "timing",
         )
+        got = {k: d[k] for k in fields}
+        got["matrix"] = _none_to_nan(got["matrix"])
+        got["initial"] = _none_to_nan(got["initial"])
+        got["curves"] = _read_missing(got["curves"], ("values",))
+        views = d.get("views")
+        if views is not None:
+            views = {k: _read_missing(v, ("initial", "matrix")) for k, v in views.items()}
         return cls(
-            **{k: d[k] for k in fields},
+            **got,
             params=d.get("params"),
             probes=d.get("probes"),
             rows=d.get("rows"),
             diverged=d.get("diverged"),
-            views=d.get("views"),
+            views=views,
         )

@@ -56,3 +56,17 @@ def test_single_task_and_joint_rows_define_only_the_average():
     assert summarize([[0.7]]) == {"average": 0.7, "forgetting": None, "bwt": None, "fwt": None}
     s = summarize([[0.8, 0.6, 0.7]], INITIAL)
     assert s["average"] == pytest.approx(0.7) and s["bwt"] is None and s["forgetting"] is None
+
+
+def test_missing_entries_above_the_diagonal_leave_fwt_undefined_only():
+    # train.evaluate = "seen": tasks not yet trained are not evaluated (NaN), nor is the
+    # untrained model; average, forgetting and BWT read the lower triangle only.
+    nan = float("nan")
+    seen = [[0.9, nan, nan], [0.6, 0.8, nan], [0.5, 0.7, 0.95]]
+    s, full = summarize(seen, [nan] * 3), summarize(M, INITIAL)
+    assert {k: s[k] for k in ("average", "forgetting", "bwt")} == {
+        k: full[k] for k in ("average", "forgetting", "bwt")
+    }
+    assert s["fwt"] is None
+    assert summarize(seen)["fwt"] is None
+    assert summarize(M, [0.1, nan, 0.25])["fwt"] is None  # one needed entry is enough
