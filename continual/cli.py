@@ -353,17 +353,22 @@ def _generate(args) -> int:
     model, params, tokenizer = load_language_model(Path(args.run_dir), args.method)
     if args.show_top > tokenizer.vocab_size:
         raise ValueError(f"--show-top must be at most the vocabulary size {tokenizer.vocab_size}")
+    from continual.knowledge import prompt_for
+
+    prompt, facts = prompt_for(Path(args.run_dir), args.method, args.prompt)
     done = generate_text(
         model,
         params,
         tokenizer,
-        args.prompt,
+        prompt,
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
         top_k=args.top_k,
         top_n=args.show_top,
         seed=args.seed,
     )
+    for fact in facts:  # what a retrieval method put before the question
+        print(f"retrieved: {fact}")
     if args.show_top:
         print(format_steps(done.steps))
     print(args.prompt + done.text)

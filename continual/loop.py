@@ -61,7 +61,8 @@ class Program(NamedTuple):
     chunk: Any  # (states, data, test, task, trainable) -> (states, losses (M, S), metric (M, T))
     finish: Any  # (states, train, task) -> (states, probe outputs (M, ...))
     evaluate: Any  # (params, test, upto) -> metric (M, T); upto (int32) is used when "seen"
-    view: tuple[str, Any] | None  # (name, evaluate) of the second reading (see _view)
+    # (name, evaluate, higher_is_better) of the second reading (see _view)
+    view: tuple[str, Any, bool] | None
     sharding: NamedSharding
     members: int  # real members; the stack may be padded past this
     compile_s: float
@@ -179,7 +180,7 @@ def compile_program(
         evaluate = _compile_evaluate(method.objective, states.params, test, seen)
         view = _view(stream, method.objective)
         if view is not None:
-            view = view[0], _compile_evaluate(view[1], states.params, test, seen)
+            view = view[0], _compile_evaluate(view[1], states.params, test, seen), view[2]
     else:
         evaluate, view = shared.evaluate, shared.view
     jit = functools.partial(jax.jit, donate_argnums=0, out_shardings=sharding)
@@ -201,16 +202,17 @@ def compile_program(
 
 
 def _view(stream: Stream, objective):
-    """(name, objective) of the second reading recorded after every task, or None: the stream's
-    other label masks (task-aware / task-agnostic accuracy), else the likelihood's second metric
-    (next-token accuracy of a language model)."""
+    """(name, objective, higher_is_better) of the second reading recorded after every task, or
+    None: the stream's other label masks (task-aware / task-agnostic accuracy), else the
+    likelihood's second metric (next-token accuracy, bits per character of answers)."""
     view = stream.view()
     if view is not None:
-        return view[0], objective._replace(label_masks=jnp.asarray(view[1]))
+        return view[0], objective._replace(label_masks=jnp.asarray(view[1])), True
     lik = objective.likelihood
     if lik.second is None:
         return None
-    return lik.second[0], objective._replace(likelihood=lik._replace(metric_fn=lik.second[1]))
+    name, metric_fn, higher_is_better = lik.second
+    return name, objective._replace(likelihood=lik._replace(metric_fn=metric_fn)), higher_is_better
 
 
 def _compile_evaluate(objective, params, test, seen: bool = False):
@@ -285,6 +287,7 @@ def run_program(
     checkpoint: Callable | None = None,
     checkpoint_every: int = 0,
     should_stop: Callable[[], bool] | None = None,
+    on_finish: Callable[[TrainState], None] | None = None,
 ) -> list[Results]:
     """Trains every member through the stream; one Results per real member.
 
@@ -293,7 +296,7 @@ def run_program(
     first divergence raises DivergenceError instead. With `checkpoint(states, progress)` the
     loop saves at the end of every task and every `checkpoint_every` chunks; `progress` (from a
     checkpoint) resumes where it left off, and `should_stop()` turns into a checkpoint and
-    Interrupted at the next chunk boundary.
+    Interrupted at the next chunk boundary. `on_finish(states)` receives the final states.
     """
     m = program.members
     train, test = program.train, program.test  # the device copies: no transfer per chunk
@@ -391,6 +394,8 @@ def run_program(
             raise Interrupted(f"stopped after task {row_name!r} at step {p.step}; {saved}")
     jax.block_until_ready(states)
     run_s = time.perf_counter() - t0
+    if on_finish is not None:
+        on_finish(states)
     values_all = np.asarray(p.values, np.float64).transpose(1, 0, 2)  # (M, evals, T)
     initial = values_all[:, 0]
     ends = p.ends  # the evaluation that closed each row
@@ -427,5 +432,5 @@ def _views(program: Program, p: Progress, i: int, joint: bool) -> dict | None:
     if program.view is None or len(p.view) != len(p.ends) + 1:
         return None  # e.g. resumed from a checkpoint written before views were recorded
     initial, *rows = (_floats(row[i]) for row in p.view)
-    summary = summarize(rows, None if joint else initial)
+    summary = summarize(rows, None if joint else initial, program.view[2])
     return {program.view[0]: {"initial": initial, "matrix": rows, "summary": summary}}

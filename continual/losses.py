@@ -4,7 +4,9 @@ Every function takes one example's model output `out` (C,), target `y` and label
 and is vmapped by the caller. The training loss is the negative log-likelihood, so that the
 Fisher of a likelihood matches the curvature of its loss (EWC at strength 1 is Bayesian).
 `next_token` is the sequence case: out (L, V) logits, y (L,) next tokens, mask (V,); its loss is
-the mean over the non-[pad] positions and its metric bits per character.
+the mean over the non-[pad] positions and its metric bits per character. `answers` is the same
+likelihood for question -> answer sequences (the question's targets [pad]), judged by exact match
+of the greedy answer (continual.knowledge).
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ class Likelihood(NamedTuple):
     nll: Callable  # (out, y, mask) -> scalar: -log p(y | out), the training loss
     metric_fn: Callable  # (out, y, mask) -> scalar per example
     scores: Callable  # (out, mask) -> (s (K,), w (K,)): exact Fisher = sum_k w_k (d s_k)^2
-    sample: Callable  # (key, out, mask) -> y ~ p(y | out)
-    second: tuple[str, Callable] | None = None  # (name, metric_fn): a second metric recorded
+    sample: Callable  # (key, out, y, mask) -> y~ ~ p(y | out), where y is a target (PAD stays)
+    # (name, metric_fn, higher_is_better): a second metric recorded beside the first
+    second: tuple[str, Callable, bool] | None = None
     # y -> how many positions the nll averages over (sequences); None: one. The squared gradient
     # of a mean over n independent positions is 1/n of its Fisher: EWC multiplies it back.
     positions: Callable | None = None
@@ -54,7 +57,7 @@ def _categorical_scores(out_C, mask_C):
     return logp_C, jax.lax.stop_gradient(jnp.exp(logp_C))
 
 
-def _categorical_sample(key, out_C, mask_C):
+def _categorical_sample(key, out_C, y, mask_C):
     return jax.random.categorical(key, jnp.where(mask_C, out_C, MASKED))
 
 
@@ -71,7 +74,7 @@ def _gaussian_scores(out_C, mask_C):
     return out_C, mask_C.astype(out_C.dtype)
 
 
-def _gaussian_sample(key, out_C, mask_C):
+def _gaussian_sample(key, out_C, y_C, mask_C):
     return out_C + jax.random.normal(key, out_C.shape, out_C.dtype)
 
 
@@ -121,8 +124,17 @@ def _token_scores(out_LxV, mask_V):
     return (logp_LxV * scale).reshape(-1), jax.lax.stop_gradient(jnp.exp(logp_LxV)).reshape(-1)
 
 
-def _token_sample(key, out_LxV, mask_V):
-    return jax.random.categorical(key, jnp.where(mask_V[None, :], out_LxV, MASKED), axis=-1)
+def _token_sample(key, out_LxV, y_L, mask_V):
+    # Positions without a target ([pad]: a question before its answer) keep none.
+    sampled_L = jax.random.categorical(key, jnp.where(mask_V[None, :], out_LxV, MASKED), axis=-1)
+    return jnp.where(y_L == PAD, PAD, sampled_L)
+
+
+def _exact_match(out_LxV, y_L, mask_V):
+    # Greedy decoding from the question reproduces the answer and its [end] exactly when the
+    # likeliest token at every answer position (given the answer so far) is the right one.
+    hit_L = jnp.argmax(jnp.where(mask_V[None, :], out_LxV, MASKED), axis=-1) == y_L
+    return jnp.all(hit_L | (y_L == PAD)).astype(jnp.float32)
 
 
 next_token = Likelihood(
@@ -133,10 +145,24 @@ next_token = Likelihood(
     _bits_per_character,
     _token_scores,
     _token_sample,
-    ("accuracy", _token_accuracy),
+    ("accuracy", _token_accuracy, True),
     lambda y_L: jnp.maximum(jnp.sum(y_L != PAD), 1).astype(jnp.float32),
 )
-LIKELIHOODS = {"categorical": categorical, "gaussian": gaussian, "next_token": next_token}
+# Question -> answer sequences (targets [pad] on the question): judged by exact match of the
+# greedy answer, bits per character on the answers recorded as the second reading.
+answers = next_token._replace(
+    name="answers",
+    metric="exact_match",
+    higher_is_better=True,
+    metric_fn=_exact_match,
+    second=("bits_per_char", _bits_per_character, False),
+)
+LIKELIHOODS = {
+    "categorical": categorical,
+    "gaussian": gaussian,
+    "next_token": next_token,
+    "answers": answers,
+}
 
 
 def weighted_mean(values_B: jax.Array, weight_B: jax.Array) -> jax.Array:

@@ -99,7 +99,9 @@ def format_table(all_results: dict[str, Results]) -> str:
     """A fixed-width table: method, final metric per task, average, forgetting, BWT, FWT."""
     first = next(iter(all_results.values()))
     tasks = first.tasks
-    views = list(first.views or {})  # the other reading of accuracy, e.g. task-aware
+    views: list[str] = []  # the other readings, e.g. task-aware accuracy, in order of appearance
+    for r in all_results.values():
+        views += [v for v in r.views or {} if v not in views]
     head = ["method", *tasks, "average", "forgetting", "bwt", "fwt"]
     head += [f"{v.replace('_', '-')} avg" for v in views]
     rows = [head]
@@ -110,7 +112,8 @@ def format_table(all_results: dict[str, Results]) -> str:
             "-" if s.get(k) is None else f"{s[k]:.4g}"
             for k in ("average", "forgetting", "bwt", "fwt")
         ]
-        cells += [f"{(r.views or {})[v]['summary']['average']:.4g}" for v in views]
+        averages = [(r.views or {}).get(v, {}).get("summary", {}).get("average") for v in views]
+        cells += ["-" if a is None else f"{a:.4g}" for a in averages]
         rows.append(cells)
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
 

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from continual import models, streams
+from continual import knowledge, models, streams
 from continual.config import ConfigError, number, section
 from continual.loop import EVALUATE, Settings, compile_program, run_program, shard_members
 from continual.losses import LIKELIHOODS, Objective
@@ -37,7 +37,7 @@ from continual.regularisers import (
 from continual.train import init_state, make_optimizer
 from continual.types import Results, Stream, TaskData, TrainState, as_inputs, stack_tasks
 
-METHOD_KEYS = {"use": list, "joint": bool, "freeze": list}
+METHOD_KEYS = {"use": list, "joint": bool, "freeze": list, "retrieval": dict}
 
 
 def _build_l2(objective, stream, train, **kw):
@@ -142,7 +142,7 @@ def build_stream(config: dict) -> Stream:
 
 
 def method_specs(config: dict, selected: list[str] | None = None) -> dict[str, dict]:
-    """The methods to run, in order, each checked: {"use", "joint", "freeze"}."""
+    """The methods to run, in order, each checked: {"use", "joint", "freeze", "retrieval"}."""
     methods = section(config, "methods")
     known_regs = section(config, "regularisers")
     names = list(selected or config.get("run") or methods)
@@ -154,12 +154,14 @@ def method_specs(config: dict, selected: list[str] | None = None) -> dict[str, d
             raise ConfigError(
                 f"unknown method {name!r} (this experiment has: {', '.join(methods)})"
             )
-        spec = {"use": [], "joint": False, "freeze": [], **methods[name]}
+        spec = {"use": [], "joint": False, "freeze": [], "retrieval": None, **methods[name]}
         for key, value in spec.items():
             if key not in METHOD_KEYS:
                 raise ConfigError(
                     f"methods.{name}: unknown key {key!r} (known: {', '.join(METHOD_KEYS)})"
                 )
+            if key == "retrieval" and value is None:
+                continue
             if not isinstance(value, METHOD_KEYS[key]):
                 raise ConfigError(f"methods.{name}.{key} must be a {METHOD_KEYS[key].__name__}")
         for reg in spec["use"]:
@@ -187,6 +189,8 @@ class Method:
     params: Any
     joint: bool
     freeze: list[str]
+    # a reader of retrieved facts (knowledge.check_retrieval): {"k", "steps", "reader", "rows"}
+    retrieval: dict | None = None
 
 
 @functools.lru_cache(maxsize=8)
@@ -228,7 +232,28 @@ def build_method(
         parts.append(
             _call(REGULARISERS[reg], f"regulariser {reg}", objective, stream, train, **kwargs)
         )
-    return Method(name, objective, optimizer, chain(*parts), params, spec["joint"], spec["freeze"])
+    retrieval = spec.get("retrieval")
+    if retrieval is not None:
+        retrieval = _call(
+            knowledge.check_retrieval,
+            f"methods.{name}.retrieval",
+            stream,
+            spec,
+            retrieval,
+            train_settings(config).eval_every,
+            int(config.get("seed", 0)),
+            getattr(model, "context", None),
+        )
+    return Method(
+        name,
+        objective,
+        optimizer,
+        chain(*parts),
+        params,
+        spec["joint"],
+        spec["freeze"],
+        retrieval,
+    )
 
 
 def train_settings(config: dict) -> Settings:
@@ -268,7 +293,8 @@ class Plan:
     @property
     def total_steps(self) -> int:
         """Training steps over all methods (for a progress bar)."""
-        return train_settings(self.config).steps * len(self.stream.tasks) * len(self.methods)
+        per_method = train_settings(self.config).steps * len(self.stream.tasks)
+        return sum((m.retrieval or {}).get("steps") or per_method for m in self.methods)
 
 
 def plan(config: dict, selected: list[str] | None = None) -> Plan:
@@ -368,6 +394,14 @@ def execute(
         done = run_dir / m.name / "results.json" if run_dir else None
         if resume and done is not None and done.exists():
             out[m.name] = Results.from_json(json.loads(done.read_text()))
+            if on_result is not None:
+                on_result(out[m.name])
+            continue
+        if m.retrieval is not None:  # trains a reader on other facts, then only retrieves
+            folder = run_dir / m.name / "checkpoints" if run_dir is not None else None
+            out[m.name] = knowledge.run_retrieval(
+                p, m, settings, folder, resume, on_steps, should_stop
+            )
             if on_result is not None:
                 on_result(out[m.name])
             continue

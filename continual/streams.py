@@ -1,5 +1,6 @@
 """Task-stream factories: the article's linear toy, split, permuted and rotated streams of
-classification sources (MNIST, Fashion-MNIST, MNIST-1D, synthetic blobs), and text domains."""
+classification sources (MNIST, Fashion-MNIST, MNIST-1D, synthetic blobs), text domains, and
+facts (continual.knowledge)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from continual import knowledge
 from continual.data import mnist, mnist1d, synthetic, text, toy
 from continual.types import SCENARIOS, Stream, Task
 
@@ -280,4 +282,5 @@ STREAMS = {
     "permuted": permuted,
     "rotated": rotated,
     "text_domains": text_domains,
+    "facts": knowledge.facts,
 }

@@ -185,6 +185,11 @@ def plan_sweep(
         cfg = _with(config, outer_values)
         for name in names:
             plan = runner.plan(cfg, [name])
+            if plan.methods[0].retrieval is not None:
+                raise ConfigError(
+                    f"method {name!r} retrieves facts into a reader's prompt: it runs with "
+                    "`continual run`, not in a sweep (choose the others with --method)"
+                )
             check_continuous(cfg, name, grid, plan)
             members = [
                 Member(name, dict(zip(grid, values, strict=True)), base_seed + s, outer_values)

@@ -57,13 +57,17 @@ def test_next_token_likelihood_closed_forms():
     assert next_token.nll(uniform_LxV, y_L, mask_V) == pytest.approx(math.log(3), rel=1e-6)
     assert next_token.metric_fn(uniform_LxV, y_L, mask_V) == pytest.approx(math.log2(3), rel=1e-6)
     sure_LxV = jnp.array([[0, 9, 0, 0], [0, 0, 0, 9], [9, 9, 9, 9]], jnp.float32)
-    name, accuracy = next_token.second
+    name, accuracy, higher_is_better = next_token.second
+    assert higher_is_better
     assert name == "accuracy" and accuracy(sure_LxV, y_L, mask_V) == pytest.approx(0.5)
     assert not next_token.higher_is_better and next_token.metric == "bits_per_char"
     s_K, w_K = next_token.scores(uniform_LxV, mask_V)
     assert s_K.shape == w_K.shape == (12,) and float(w_K.sum()) == pytest.approx(3.0)
-    y = next_token.sample(jax.random.key(0), jnp.zeros((50, 4)), mask_V)
+    y = next_token.sample(jax.random.key(0), jnp.zeros((50, 4)), jnp.ones(50, jnp.int32), mask_V)
     assert y.shape == (50,) and (y != text.PAD).all()
+    target_L = jnp.array([text.PAD] * 30 + [3] * 20)  # an answer after a question: only its part
+    y = next_token.sample(jax.random.key(0), jnp.zeros((50, 4)), target_L, mask_V)
+    assert (y[:30] == text.PAD).all() and (y[30:] != text.PAD).all()
 
 
 def test_sampled_token_fisher_averages_to_the_exact_one():

@@ -123,10 +123,12 @@ class Fact(NamedTuple):
 
 
 class FactBank(NamedTuple):
-    """Facts split into equal sets that arrive as tasks; `facts` is every set in order."""
+    """Facts split into equal sets that arrive as tasks; `facts` is every set in order. `reader`
+    holds the facts of further entities, disjoint from the sets (to train a model to read)."""
 
     sets: tuple[tuple[Fact, ...], ...]
     languages: tuple[str, ...]
+    reader: tuple[Fact, ...] = ()
 
     @property
     def facts(self) -> tuple[Fact, ...]:
@@ -214,14 +216,65 @@ def _bilingual(rng, count, make_en, make_zh, taken, what) -> list[tuple[str, str
     return list(zip(english, chinese, strict=True))
 
 
+def _invent(rng: np.random.Generator, count: int, taken: dict) -> list[dict]:
+    """`count` landmarks with invented names, cities and founders (none in `taken`, which grows)
+    and a year and colour each; every name in both languages, as (English, Chinese)."""
+    kinds = [_KINDS[i] for i in rng.integers(len(_KINDS), size=count)]
+    names = []
+    for english_kind, chinese_kind in kinds:
+        names += _bilingual(
+            rng,
+            1,
+            lambda r, k=english_kind: f"{_english_word(r)} {k}",
+            lambda r, k=chinese_kind: _chars(r, _ZH_NAME_CHARS, 2) + k,
+            taken,
+            "landmark names",
+        )
+    places = _bilingual(
+        rng,
+        max(4, count // 4),
+        _english_word,
+        lambda r: _chars(r, _ZH_NAME_CHARS, 2),
+        taken,
+        "city names",
+    )
+    founders = _bilingual(
+        rng,
+        count,
+        lambda r: f"{_english_word(r)} {_english_word(r)}",
+        lambda r: _chars(r, _ZH_SURNAMES, 1) + _chars(r, _ZH_GIVEN_CHARS, int(r.integers(1, 3))),
+        taken,
+        "founder names",
+    )
+    entities = []
+    for i in range(count):
+        year = str(int(rng.integers(*_YEARS)))
+        entities.append(
+            {
+                "name": names[i],
+                "place": places[rng.integers(len(places))],
+                "year": (year, year),
+                "founder": founders[i],
+                "colour": _COLOURS[rng.integers(len(_COLOURS))],
+            }
+        )
+    return entities
+
+
 def make_facts(
     num_entities: int,
     num_sets: int,
     languages: tuple[str, ...] = LANGUAGES,
     seed: int = 0,
     include_demo: bool = False,
+    reader_entities: int = 0,
 ) -> FactBank:
-    """Invent `num_entities` landmarks with four attributes each, split into `num_sets` sets."""
+    """Invent `num_entities` landmarks with four attributes each, split into `num_sets` sets, and
+    `reader_entities` more whose facts are the bank's `reader` facts."""
+    if isinstance(reader_entities, bool) or not isinstance(reader_entities, int):
+        raise ValueError(f"reader_entities must be an integer, got {reader_entities!r}")
+    if reader_entities < 0:
+        raise ValueError(f"reader_entities must be >= 0, got {reader_entities}")
     if num_entities < 1:
         raise ValueError(
             f"the fact store would be empty: num_entities must be >= 1, got {num_entities}"
@@ -239,50 +292,13 @@ def make_facts(
     for language in languages:
         _check_language(language)
 
-    rng = np.random.default_rng(seed)
     taken = {"en": set(), "zh": set()}
     for key in ("name", "place", "founder"):
         taken["en"].add(_DEMO[key][0])
         taken["zh"].add(_DEMO[key][1])
-    kinds = [_KINDS[i] for i in rng.integers(len(_KINDS), size=num_entities)]
-    names = []
-    for english_kind, chinese_kind in kinds:
-        names += _bilingual(
-            rng,
-            1,
-            lambda r, k=english_kind: f"{_english_word(r)} {k}",
-            lambda r, k=chinese_kind: _chars(r, _ZH_NAME_CHARS, 2) + k,
-            taken,
-            "landmark names",
-        )
-    places = _bilingual(
-        rng,
-        max(4, num_entities // 4),
-        _english_word,
-        lambda r: _chars(r, _ZH_NAME_CHARS, 2),
-        taken,
-        "city names",
-    )
-    founders = _bilingual(
-        rng,
-        num_entities,
-        lambda r: f"{_english_word(r)} {_english_word(r)}",
-        lambda r: _chars(r, _ZH_SURNAMES, 1) + _chars(r, _ZH_GIVEN_CHARS, int(r.integers(1, 3))),
-        taken,
-        "founder names",
-    )
-    entities = []
-    for i in range(num_entities):
-        year = str(int(rng.integers(*_YEARS)))
-        entities.append(
-            {
-                "name": names[i],
-                "place": places[rng.integers(len(places))],
-                "year": (year, year),
-                "founder": founders[i],
-                "colour": _COLOURS[rng.integers(len(_COLOURS))],
-            }
-        )
+    entities = _invent(np.random.default_rng(seed), num_entities, taken)
+    if reader_entities:  # their own generator: the sets do not depend on how many there are
+        entities += _invent(np.random.default_rng([seed, 1]), reader_entities, taken)
     if include_demo:
         entities[0] = _DEMO
 
@@ -292,6 +308,8 @@ def make_facts(
         for language, column in ((lang, LANGUAGES.index(lang)) for lang in languages)
         for attribute in ATTRIBUTES
     ]
+    split = num_entities * len(languages) * len(ATTRIBUTES)  # facts go entity by entity
+    facts, reader = facts[:split], facts[split:]
     per_set = len(facts) // num_sets
     sets = tuple(tuple(facts[s * per_set : (s + 1) * per_set]) for s in range(num_sets))
-    return FactBank(sets, languages)
+    return FactBank(sets, languages, tuple(reader))

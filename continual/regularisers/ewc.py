@@ -71,7 +71,7 @@ def fisher_diagonal(
             jac, w_K = jax.jacrev(scores, has_aux=True)(params)
             return jax.tree.map(lambda j: jnp.tensordot(w_K, j**2, axes=1), jac)
         if estimator == "sampled":
-            y = lik.sample(k, jax.lax.stop_gradient(out_fn(params)), mask)
+            y = lik.sample(k, jax.lax.stop_gradient(out_fn(params)), y, mask)
         g = jax.grad(lambda p: lik.nll(out_fn(p), y, mask))(params)
         n = 1.0 if lik.positions is None else lik.positions(y)  # a mean over n positions
         return jax.tree.map(lambda gi: n * gi**2, g)
@@ -95,6 +95,11 @@ def ewc(
         raise ValueError(f"unknown Fisher estimator {estimator!r}; choose one of {ESTIMATORS}")
     if mode not in MODES:
         raise ValueError(f"unknown EWC mode {mode!r}; choose one of {MODES}")
+    if estimator == "exact" and objective.likelihood.name == "answers":
+        raise ValueError(
+            "the exact Fisher would cover every position, not only the answers the loss reads: "
+            "use estimator 'sampled' or 'empirical' for answers"
+        )
     if not isinstance(num_tasks, int) or num_tasks < 1:
         raise ValueError(f"num_tasks must be a positive integer, got {num_tasks!r}")
     if num_samples is not None and (not isinstance(num_samples, int) or num_samples < 1):

@@ -8,8 +8,9 @@ not distil the classes still to come), otherwise their whole label masks. On eve
 
     penalty = strength * T^2 * mean_x KL(softmax(f_old(x)/T) || softmax(f(x)/T)),
 
-both softmaxes over the seen units only, the mean over the batch's valid (weight > 0) inputs, and
-the previous model's outputs held constant. T^2 keeps the gradient's scale independent of the
+both softmaxes over the seen units only, the mean over the batch's valid (weight > 0) inputs (for
+sequences, over their positions whose input is not [pad]), and the previous model's outputs held
+constant. T^2 keeps the gradient's scale independent of the
 temperature (Hinton et al. 2015). Zero until the first task is consolidated.
 """
 
@@ -20,6 +21,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from continual.data.text import PAD
 from continual.losses import MASKED, weighted_mean
 from continual.regularisers.base import check_nonnegative, regulariser
 
@@ -32,15 +34,19 @@ class LwFState(NamedTuple):
     tasks: jax.Array  # tasks consolidated so far (for scale_by_tasks)
 
 
-def distillation(out_BxC, target_BxC, seen_C, temperature) -> jax.Array:
+def distillation(out_BxC, target_BxC, seen_C, temperature, valid=None) -> jax.Array:
     """T^2 * KL(softmax(target/T) || softmax(out/T)) per example, over the `seen` units (0 for
     every example when none is seen); outputs with more axes (B, ..., C) average over the middle
-    ones."""
+    ones, or over those where `valid` (B, ...) is true (a sequence's non-[pad] inputs)."""
     seen = jnp.broadcast_to(seen_C, out_BxC.shape)
     logp = jax.nn.log_softmax(jnp.where(seen, out_BxC / temperature, MASKED), axis=-1)
     logq = jax.nn.log_softmax(jnp.where(seen, target_BxC / temperature, MASKED), axis=-1)
     kl = jnp.sum(jnp.where(seen, jnp.exp(logq) * (logq - logp), 0.0), axis=-1)
-    return temperature**2 * kl.reshape(kl.shape[0], -1).mean(axis=1)
+    kl = kl.reshape(kl.shape[0], -1)
+    if valid is None:
+        return temperature**2 * kl.mean(axis=1)
+    valid = valid.reshape(kl.shape).astype(kl.dtype)
+    return temperature**2 * jnp.sum(kl * valid, axis=1) / jnp.maximum(jnp.sum(valid, axis=1), 1)
 
 
 def lwf(objective, strength: float = 1.0, temperature: float = 2.0, scale_by_tasks: bool = False):
@@ -53,6 +59,7 @@ def lwf(objective, strength: float = 1.0, temperature: float = 2.0, scale_by_tas
     if temperature == 0:
         raise ValueError("temperature must be > 0, got 0")
     categorical = objective.likelihood.name == "categorical"
+    sequences = objective.likelihood.positions is not None  # token inputs: [pad] is no position
 
     def init(params):
         return LwFState(
@@ -65,8 +72,9 @@ def lwf(objective, strength: float = 1.0, temperature: float = 2.0, scale_by_tas
 
     def penalty(params, state, batch, key):
         target = jax.lax.stop_gradient(objective.apply(state.previous, batch["x"]))
+        valid = batch["x"] != PAD if sequences else None
         kd_B = distillation(
-            objective.apply(params, batch["x"]), target, state.seen, state.temperature
+            objective.apply(params, batch["x"]), target, state.seen, state.temperature, valid
         )
         scale = state.tasks.astype(jnp.float32) if scale_by_tasks else 1.0
         return state.strength * scale * weighted_mean(kd_B, batch["weight"]), {}
