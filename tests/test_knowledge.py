@@ -289,3 +289,25 @@ def test_bad_knowledge_configs_are_one_line_exit_2_nothing_written(tmp_path, cap
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err, err
     assert not any(tmp_path.iterdir())
+
+
+def test_a_killed_reader_resumes_to_the_uninterrupted_results(tiny_run, tmp_path):
+    from test_resume import cli
+
+    run = ["run", "knowledge", "--arg", "tiny", "--method", "retrieval", "--quiet", "--no-plots"]
+    run += ["--set", "checkpoint.every_chunks=1", "--out", str(tmp_path), "--name", "x"]
+    killed = cli(run, tmp_path, fault="chunk:3")  # the reader trains 4 chunks of 2 steps
+    assert killed.returncode == -9, killed.stderr
+    run_dir = tmp_path / "knowledge" / "x"
+    assert not (run_dir / "retrieval" / "results.json").exists()
+    saved = [p.name for p in (run_dir / "retrieval" / "checkpoints").iterdir() if p.name.isdigit()]
+    assert saved and max(map(int, saved)) < 8  # a checkpoint within the reader's 8 steps
+    done = cli(["resume", str(run_dir), "--quiet", "--no-plots"], tmp_path)
+    assert done.returncode == 0, done.stderr
+
+    def numbers(path):
+        r = json.loads((path / "retrieval" / "results.json").read_text())
+        r.pop("timing")
+        return r
+
+    assert numbers(run_dir) == numbers(tiny_run)
