@@ -39,10 +39,16 @@ from continual.data.facts import (
 )
 from continual.data.text import PAD, CharTokenizer
 from continual.evaluate import evaluate_tasks, summarize
-from continual.retrieval import Retriever
 from continual.types import Results, Stream, Task, stack_tasks
 
 SEPARATOR = "\n"  # between the retrieved facts and the question
+
+
+def _retriever(sentences):
+    """A Retriever (imported here: scikit-learn would add a second to every `continual` start)."""
+    from continual.retrieval import Retriever
+
+    return Retriever(sentences)
 
 
 @dataclass(frozen=True)
@@ -161,7 +167,7 @@ def reader_task(stream: FactStream, k: int, seed: int = 0, test_size: int = 512)
     reader = stream.bank.reader
     if not reader:
         raise ValueError("retrieval needs reader facts: set stream.reader_entities > 0")
-    retriever = Retriever([fact_text(f) for f in reader])
+    retriever = _retriever([fact_text(f) for f in reader])
     rng = np.random.default_rng(seed)
     train, test = [], []
     for gold, fact in enumerate(reader):
@@ -211,7 +217,7 @@ class RetrievalRows:
         store: list[str] = []
         rows, recall = [], []
         for r in range(len(sets) + 1):
-            retriever = Retriever(store) if store else None
+            retriever = _retriever(store) if store else None
             recall.append([])
             for pairs, gold in zip(questions, golds, strict=True):
                 if retriever is None:
@@ -401,7 +407,7 @@ def run_retrieval(plan, method, settings, folder: Path | None, resume, on_steps,
 def retrieve(stream: FactStream, question: str, k: int) -> tuple[str, list[str]]:
     """(prompt, facts): the top-`k` facts of the whole store (every set) put before `question`."""
     store = stream.bank.sentences()
-    picked = [store[i] for i in Retriever(store).top_k(question, _check_k(k))]
+    picked = [store[i] for i in _retriever(store).top_k(question, _check_k(k))]
     return retrieval_prompt(picked, question), picked
 
 
