@@ -5,6 +5,10 @@ Fisher slots, anchors and replay buffers, PRNG keys as key data, step) and the l
 (where it is, the metric matrix and curves so far, divergence marks) as JSON. orbax writes each
 checkpoint to a temporary directory and renames it when complete; the last `keep` are kept. A
 checkpoint that cannot be read is skipped with a warning, and the one before it is used.
+
+With several JAX processes (devices.py) all of them save and restore together (orbax writes each
+shard once, so the directory must be one they all see) and agree on which checkpoint is
+readable; process 0 alone moves a broken one aside.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+
+from continual import devices
 
 _FAULTS: Counter = Counter()
 
@@ -102,31 +108,38 @@ class Checkpointer:
                         states=ocp.args.StandardRestore(abstract), progress=ocp.args.JsonRestore()
                     ),
                 )
-                return from_saveable(got["states"], template), got["progress"]
+                error = None
             except Exception as e:  # any failure to read means: move it aside, use an older one
-                if "tree structure" in str(e):  # readable, but not this code's state layout
-                    raise ValueError(
-                        f"checkpoint {self.directory / str(step)} holds a different state layout "
-                        "(written by another version of continual); start over with --overwrite"
-                    ) from None
-                if not move_aside:
-                    warnings.warn(
-                        f"checkpoint {self.directory / str(step)} is unreadable "
-                        f"({type(e).__name__}: {str(e)[:200]}); trying an older one",
-                        stacklevel=2,
-                    )
-                    continue
-                aside, i = self.directory.parent / "corrupt_checkpoints" / str(step), 1
-                while aside.exists():
-                    aside, i = aside.with_name(f"{step}-{i}"), i + 1
+                error = e
+            if not devices.any_process(error is not None):  # every process agrees on the step
+                return from_saveable(got["states"], template), got["progress"]
+            if error is not None and "tree structure" in str(error):  # not this code's layout
+                raise ValueError(
+                    f"checkpoint {self.directory / str(step)} holds a different state layout "
+                    "(written by another version of continual); start over with --overwrite"
+                ) from None
+            why = f"{type(error).__name__}: {str(error)[:200]}" if error else "on another process"
+            if not move_aside:
                 warnings.warn(
-                    f"checkpoint {self.directory / str(step)} is unreadable "
-                    f"({type(e).__name__}: {str(e)[:200]}); moved to {aside}, trying an older one",
+                    f"checkpoint {self.directory / str(step)} is unreadable ({why}); "
+                    "trying an older one",
+                    stacklevel=2,
+                )
+                continue
+            aside, i = self.directory.parent / "corrupt_checkpoints" / str(step), 1
+            while aside.exists():
+                aside, i = aside.with_name(f"{step}-{i}"), i + 1
+            aside = Path(devices.from_primary(str(aside)))
+            if devices.is_primary():
+                warnings.warn(
+                    f"checkpoint {self.directory / str(step)} is unreadable ({why}); moved to "
+                    f"{aside}, trying an older one",
                     stacklevel=2,
                 )
                 aside.parent.mkdir(parents=True, exist_ok=True)
                 shutil.move(str(self.directory / str(step)), aside)
-                self.manager.reload()
+            devices.barrier(f"checkpoint {step} moved aside")
+            self.manager.reload()
         return None
 
     def close(self) -> None:

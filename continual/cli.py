@@ -98,6 +98,15 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--allow-config-change", action="store_true")
     sw.add_argument("--no-plots", action="store_true")
     sw.add_argument("--quiet", action="store_true")
+    sw.add_argument(
+        "--distributed",
+        action="store_true",
+        help="run as one of several processes (multi-host): the same command in each; "
+        "process 0 writes the sweep directory",
+    )
+    sw.add_argument("--coordinator", default=None, metavar="HOST:PORT")
+    sw.add_argument("--num-processes", type=int, default=None, metavar="N")
+    sw.add_argument("--process-id", type=int, default=None, metavar="I")
     sub.add_parser("list", help="list experiments, methods and regularisers")
     pl = sub.add_parser("plot", help="redraw the figures of a run directory")
     pl.add_argument("run_dir")
@@ -235,6 +244,14 @@ def _progress(total: int, quiet: bool):
 
 def _sweep(args, config: dict | None = None) -> int:
     _enable_compilation_cache()
+    from continual import devices
+
+    distributed = getattr(args, "distributed", False)  # `continual resume` is one process
+    joins = (getattr(args, k, None) for k in ("coordinator", "num_processes", "process_id"))
+    if not distributed and any(v is not None for v in joins):
+        raise ValueError("--coordinator, --num-processes and --process-id need --distributed")
+    if distributed:  # before anything touches a device
+        devices.initialize(args.coordinator, args.num_processes, args.process_id)
     from continual import plots, runner
     from continual import results as res
     from continual import sweep as sw
@@ -256,36 +273,42 @@ def _sweep(args, config: dict | None = None) -> int:
         "seeds": args.seeds,
         "methods": args.methods,
     }
-    run_dir, resume = rundir.choose(args, config, request, prefix="sweep-")
-    if not resume:
-        rundir.create(run_dir, config, request)
-    res.save_tokenizer(run_dir, groups[0].plan.stream)
+    run_dir, resume = rundir.choose_shared(args, config, request, prefix="sweep-")
+    primary = devices.is_primary()  # the one process that writes and prints
+    if primary:
+        res.save_tokenizer(run_dir, groups[0].plan.stream)
     stop = rundir.StopFlag().install()
-    bar = _progress(sw.total_steps(groups), args.quiet)
+    bar = _progress(sw.total_steps(groups), args.quiet or not primary)
     results = []
     try:
         for i, group in enumerate(groups):
             paths = [
                 run_dir / "members" / m.method / m.name / "results.json" for m in group.members
             ]
-            if resume and all(p.exists() for p in paths):
-                results.append([res.Results.from_json(json.loads(p.read_text())) for p in paths])
+            if devices.from_primary(resume and all(p.exists() for p in paths)):
+                if primary:  # only process 0 reads and writes files
+                    results.append(
+                        [res.Results.from_json(json.loads(p.read_text())) for p in paths]
+                    )
                 continue
             rs = sw.run_group(
                 group,
                 on_steps=bar.update if bar else None,
                 directory=run_dir / "checkpoints" / str(i),
                 resume=resume,
-                should_stop=stop,
+                should_stop=stop.everywhere,
             )
-            for member, r in zip(group.members, rs, strict=True):
-                res.save_results(run_dir / "members" / member.method, r)
+            if primary:
+                for member, r in zip(group.members, rs, strict=True):
+                    res.save_results(run_dir / "members" / member.method, r)
             results.append(rs)
     except Interrupted as e:
         return rundir.report_interrupted(e, stop, run_dir)
     finally:
         if bar is not None:
             bar.close()
+    if not primary:
+        return 0
     metric = results[0][0].metric
     table = sw.summarize_sweep(groups, results)
     res.write_json(

@@ -1,11 +1,12 @@
 """The one task loop, over a leading member axis: a run is one member, a sweep is many.
 
 `compile_program` vmaps a method's pure chunk and end-of-task functions over the member axis of
-stacked TrainStates, places them on every local device and compiles ahead of time. A sweep
-(several members) shards the member axis (padding the member count to a multiple of the device
-count); a single run replicates its one member and shards each step's batch instead (data
-parallel). `run_program` then trains every task, evaluating all tasks between chunks, and splits
-the result into one Results per member.
+stacked TrainStates, places them on every device and compiles ahead of time. A sweep (several
+members) shards the member axis (padding the member count to a multiple of the device count); a
+single run replicates its one member and shards each step's batch instead (data parallel).
+`run_program` then trains every task, evaluating all tasks between chunks, and splits the result
+into one Results per member. The devices may belong to several processes (devices.py): every
+process runs this loop in step and reads results only through `to_host`, which gathers them.
 
 With `Settings.evaluate = "seen"` a chunk of row `row` evaluates only tasks 0..row (the joint
 baseline, which trains on the union, still evaluates all of them) and nothing is evaluated before
@@ -24,9 +25,10 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import NamedSharding, PartitionSpec
 
 from continual.checkpoint import fault_point
+from continual.devices import batch_sharding, place, shard_members, to_host
 from continual.evaluate import evaluate_tasks, summarize
 from continual.train import DivergenceError, make_chunk, make_consolidate, reset_optimizer
 from continual.types import Results, Stream, TaskData, TrainState, union
@@ -109,39 +111,6 @@ def trainable_mask(params, freeze: list[str], frozen: bool):
     return jax.tree_util.tree_map_with_path(mark, params)
 
 
-def shard_members(states: TrainState) -> tuple[TrainState, NamedSharding, int]:
-    """Places stacked states on the local devices; returns them, their sharding and the real
-    member count.
-
-    Several members (a sweep): the member axis is padded to a multiple of the device count
-    (repeating member 0) and sharded over a one-axis mesh `member`. One member (a run): the
-    states are replicated over a one-axis mesh `batch`, which each step's batch is sharded over
-    (see batch_sharding): data parallel, the same code on one device.
-    """
-    devices = jax.local_devices()
-    members = jax.tree.leaves(states)[0].shape[0]
-    if members == 1:
-        sharding = NamedSharding(Mesh(np.array(devices), ("batch",)), PartitionSpec())
-        return jax.device_put(states, sharding), sharding, members
-    pad = -members % len(devices)
-    if pad:
-        states = jax.tree.map(
-            lambda a: jnp.concatenate([a, jnp.repeat(a[:1], pad, axis=0)]), states
-        )
-    sharding = NamedSharding(Mesh(np.array(devices), ("member",)), PartitionSpec("member"))
-    return jax.device_put(states, sharding), sharding, members
-
-
-def batch_sharding(sharding: NamedSharding, batch_size: int) -> NamedSharding | None:
-    """How a single run's training batch is split over its mesh: the example axis over `batch`,
-    when the batch size is a multiple of the device count; None (replicated) otherwise and in a
-    sweep, whose members are what is split."""
-    mesh = sharding.mesh
-    if mesh.axis_names != ("batch",) or batch_size < 1 or batch_size % mesh.size:
-        return None
-    return NamedSharding(mesh, PartitionSpec("batch"))
-
-
 def probe_inputs(stream: Stream) -> jax.Array:
     """The stream's probe inputs, or one zero input of its dtype (token ids stay integers)."""
     if stream.probes is not None:
@@ -164,8 +133,8 @@ def compile_program(
     member count, when given."""
     states, sharding, members = shard_members(states)
     replicated = NamedSharding(sharding.mesh, PartitionSpec())
-    train, test = jax.device_put((train, test), replicated)
-    data = jax.device_put(union(train), replicated) if method.joint else train
+    train, test = place((train, test), replicated)
+    data = place(union(train), replicated) if method.joint else train
     probes = probe_inputs(stream)
     params0 = jax.tree.map(lambda a: a[0], states.params)
     trainable = trainable_mask(params0, method.freeze, False)
@@ -268,8 +237,8 @@ def _floats(rows) -> list:
     return np.asarray(rows, np.float64).tolist()
 
 
-def _member(tree, i: int):
-    return jax.tree.map(lambda a: np.asarray(a)[i].tolist(), tree)
+def _member(host_tree, i: int):
+    return jax.tree.map(lambda a: a[i].tolist(), host_tree)
 
 
 def run_program(
@@ -312,9 +281,9 @@ def run_program(
             initial = np.full((m, len(stream.tasks)), np.nan)
             initial_view = initial if program.view is not None else None
         else:
-            initial = np.asarray(program.evaluate(states.params, test, last))[:m]  # (M, T)
+            initial = to_host(program.evaluate(states.params, test, last))[:m]  # (M, T)
             if program.view is not None:
-                initial_view = np.asarray(program.view[1](states.params, test, last))[:m]
+                initial_view = to_host(program.view[1](states.params, test, last))[:m]
         progress = Progress(
             steps=[0],
             training_task=[0],
@@ -337,7 +306,8 @@ def run_program(
             states, losses, values = program.chunk(
                 states, program.data, test, jnp.int32(row), trainable
             )
-            losses = np.asarray(losses)[:m]
+            losses, values = to_host((losses, values))
+            losses = losses[:m]
             for i in range(m):
                 bad = ~np.isfinite(losses[i])
                 if p.diverged[i] is None and bad.any():
@@ -356,7 +326,7 @@ def run_program(
             p.step += losses.shape[1]
             p.steps.append(p.step)
             p.training_task.append(row)
-            p.values.append(_tolist(np.asarray(values)[:m]))
+            p.values.append(_tolist(values[:m]))
             if on_steps is not None:
                 on_steps(losses.shape[1])
             stop = stop_requested()
@@ -375,11 +345,12 @@ def run_program(
             fault_point("chunk")
         if program.view is not None:
             upto = jnp.int32(row) if seen else last
-            p.view.append(_tolist(np.asarray(program.view[1](states.params, test, upto))[:m]))
+            p.view.append(_tolist(to_host(program.view[1](states.params, test, upto))[:m]))
         if settings.record_params:
-            p.params.append([_member(states.params, i) for i in range(m)])
+            params = to_host(states.params)
+            p.params.append([_member(params, i) for i in range(m)])
         states, out = program.finish(states, train, jnp.int32(row))
-        p.probes.append(np.asarray(out)[:m].tolist())
+        p.probes.append(to_host(out)[:m].tolist())
         p.ends.append(len(p.values) - 1)
         p.row, p.chunk = row + 1, 0
         if checkpoint is not None:

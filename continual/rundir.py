@@ -1,7 +1,8 @@
 """Run directories: choosing, creating and resuming them, and stopping a run on a signal.
 
 A run directory holds config.json and run.json (what was asked: experiment, methods, sweep axes);
-resuming one needs the same config and request unless the user allows a change.
+resuming one needs the same config and request unless the user allows a change. In a job of
+several JAX processes (a distributed sweep) process 0 chooses and creates it for all of them.
 """
 
 from __future__ import annotations
@@ -36,9 +37,29 @@ def create(run_dir: Path, config: dict, request: dict) -> None:
     res.write_json(run_dir / "run.json", request)
 
 
+def choose_shared(args, config: dict, request: dict, prefix: str = "") -> tuple[Path, bool]:
+    """`choose` and `create` on process 0 alone; every process of a multi-process job gets the
+    same (run directory, resume), or the same one-line error. One process: the same as both."""
+    from continual import devices
+
+    chosen = {}
+    if devices.is_primary():
+        try:
+            run_dir, resume = choose(args, config, request, prefix)
+            if not resume:
+                create(run_dir, config, request)
+            chosen = {"run_dir": str(run_dir), "resume": resume}
+        except (ValueError, OSError) as e:
+            chosen = {"error": str(e)}
+    chosen = devices.from_primary(chosen)
+    if "error" in chosen:
+        raise ValueError(chosen["error"])
+    return Path(chosen["run_dir"]), chosen["resume"]
+
+
 def report_interrupted(error: Exception, stop: StopFlag, run_dir: Path) -> int:
     """Says how to resume an interrupted run; returns the exit code (128 + signal)."""
-    name = signal.Signals(stop.signal).name if stop.signal else "a signal"
+    name = signal.Signals(stop.signal).name if stop.signal else "another process was signalled"
     print(f"continual: {error} ({name}). Resume with: continual resume {run_dir}", file=sys.stderr)
     return 128 + int(stop.signal or signal.SIGINT)
 
@@ -66,6 +87,13 @@ class StopFlag:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, handler)
         return self
+
+    def everywhere(self) -> bool:
+        """Whether any process of the job was asked to stop: all of them then checkpoint and
+        stop at the same chunk boundary (a collective when there are several)."""
+        from continual import devices
+
+        return devices.any_process(self())
 
 
 def choose(args, config: dict, request: dict, prefix: str = "") -> tuple[Path, bool]:

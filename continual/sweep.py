@@ -2,9 +2,10 @@
 
 Members differ by seed and by continuous hyperparameters (--grid): each member's config is built
 and checked like a run's, its initial TrainState made, and the states are stacked on a leading
-member axis that the one task loop (loop.py) vmaps and shards over the devices. Values that change
-the compiled program (buffer sizes, widths, estimators, the number of steps) cannot be a member
-axis; they go in --outer, an outer loop of compiled programs, as does the choice of method.
+member axis that the one task loop (loop.py) vmaps and shards over the devices (those of every
+process with --distributed: devices.py). Values that change the compiled program (buffer sizes,
+widths, estimators, the number of steps) cannot be a member axis; they go in --outer, an outer
+loop of compiled programs, as does the choice of method.
 """
 
 from __future__ import annotations
