@@ -177,10 +177,18 @@ class Objective(NamedTuple):
     likelihood: Likelihood
     label_masks: jax.Array  # (T, C) bool
 
+    def masks(self, batch) -> jax.Array:
+        """Every example's label mask (B, C): its task's, narrowed to the batch's "outputs" when
+        it carries them (training under a restriction such as the classes seen so far)."""
+        masks = self.label_masks[batch["task"]]
+        if "outputs" in batch:
+            masks = masks & batch["outputs"]
+        return masks
+
     def per_example(self, fn, params, batch):
         """fn(out, y, mask) for every example of a batch {"x", "y", "task", ...}."""
         out_BxC = self.apply(params, batch["x"])
-        return jax.vmap(fn)(out_BxC, batch["y"], self.label_masks[batch["task"]])
+        return jax.vmap(fn)(out_BxC, batch["y"], self.masks(batch))
 
     def loss(self, params, batch) -> jax.Array:
         """Weighted mean negative log-likelihood of a batch."""

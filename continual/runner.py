@@ -136,9 +136,11 @@ def build_stream(config: dict) -> Stream:
     """The stream named in config["stream"]["name"], with the section's other keys as arguments."""
     spec = dict(section(config, "stream"))
     name = spec.pop("name", None)
+    outputs = spec.pop("train_outputs", "all")
     if name not in streams.STREAMS:
         raise ConfigError(f"unknown stream {name!r} (known: {', '.join(streams.STREAMS)})")
-    return _call(streams.STREAMS[name], f"stream {name}", **spec)
+    stream = _call(streams.STREAMS[name], f"stream {name}", **spec)
+    return _call(streams.train_outputs, f"stream {name}", stream, outputs)
 
 
 def method_specs(config: dict, selected: list[str] | None = None) -> dict[str, dict]:
@@ -327,6 +329,9 @@ def with_defaults(config: dict) -> dict:
     out["checkpoint"] = {**CHECKPOINT_DEFAULTS, **config.get("checkpoint", {})}
     if isinstance(config.get("train"), dict):
         out["train"] = {"evaluate": "all", **config["train"]}
+    if isinstance(config.get("stream"), dict):
+        outputs = config["stream"].get("train_outputs", "all")
+        out["stream"] = {**config["stream"], "train_outputs": outputs}
     return out
 
 

@@ -4,7 +4,7 @@ facts (continual.knowledge)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -272,6 +272,29 @@ def text_domains(
         tokenizer.vocab_size,
         tokenizer=tokenizer,
     )
+
+
+TRAIN_OUTPUTS = ("all", "seen")
+
+
+def train_outputs(stream: Stream, which: str = "all") -> Stream:
+    """`stream` with the outputs its training may use: "all" (unchanged), or "seen": while task
+    t is trained, only the classes that occurred in the training labels of tasks 0..t (van de
+    Ven et al.'s `--active-classes all-so-far`, iCaRL's choice; replayed examples and the Fisher
+    meet the same classes). Evaluation still reads every output its label mask allows."""
+    if which not in TRAIN_OUTPUTS:
+        raise ValueError(f"train_outputs must be one of {', '.join(TRAIN_OUTPUTS)}, got {which!r}")
+    if which == "all":
+        return stream
+    if stream.likelihood != "categorical":
+        raise ValueError(f"train_outputs='seen' needs class labels; {stream.name} has none")
+    seen = np.zeros(stream.num_outputs, bool)
+    tasks = []
+    for t in stream.tasks:
+        seen = seen.copy()
+        seen[np.unique(np.asarray(t.train["y"]))] = True
+        tasks.append(t._replace(outputs=seen))
+    return replace(stream, tasks=tuple(tasks))
 
 
 STREAMS = {

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 Params = Any  # a pytree of arrays
-Batch = dict[str, jax.Array]  # {"x", "y", "task", "weight"}, leading example axis
+Batch = dict[str, jax.Array]  # {"x", "y", "task", "weight"[, "outputs"]}, leading example axis
 Key = jax.Array
 
 SCENARIOS = ("task", "domain", "class")
@@ -23,6 +23,10 @@ class Task(NamedTuple):
     (K, D) over the flattened input: feature d of the task's input is
     sum_k weight[k, d] * x[index[k, d]] (a permutation has K = 1; a bilinear rotation K = 4).
     Tasks of a permuted or rotated stream share one input array, so it is stored once.
+
+    `outputs`, if given, narrows what training on this task (and everything trained beside it:
+    replayed examples, a Fisher) may use: e.g. a class-incremental softmax over only the classes
+    seen so far (streams.train_outputs). Evaluation always reads the label mask alone.
     """
 
     id: int
@@ -31,6 +35,7 @@ class Task(NamedTuple):
     test: dict[str, np.ndarray]
     label_mask: np.ndarray  # bool over output units: which outputs this task may use
     pixels: tuple[np.ndarray, np.ndarray] | None = None
+    outputs: np.ndarray | None = None  # bool over output units: training's restriction, or None
 
 
 @dataclass(frozen=True)
@@ -88,8 +93,10 @@ class TaskData(NamedTuple):
     every task row into it, `y` (T, N, ...) and `task` (T, N) (the task each example belongs to,
     which selects its label mask and input transform) are per example, `n` (T,) counts the valid
     ones. `pixels` = (index, weight), each (tasks, K, D), is the per-task input transform (see
-    Task), or None. Tasks of different sizes share one shape, so switching task changes values,
-    never shapes; a permuted stream keeps one copy of its images.
+    Task), or None. `outputs` (rows, C) bool is each row's training restriction (Task.outputs),
+    carried by every batch of that row as "outputs" (B, C); None: no restriction. Tasks of
+    different sizes share one shape, so switching task changes values, never shapes; a permuted
+    stream keeps one copy of its images.
     """
 
     store: jax.Array
@@ -98,6 +105,16 @@ class TaskData(NamedTuple):
     n: jax.Array  # valid examples per task
     task: jax.Array  # (T, N) task id of every example
     pixels: tuple | None = None
+    outputs: jax.Array | None = None  # (T, C) bool: what training on each row may use
+
+    def _with_outputs(self, batch: dict, row) -> dict:
+        if self.outputs is None:
+            return batch
+        n = batch["y"].shape[0]
+        return {
+            **batch,
+            "outputs": jnp.broadcast_to(self.outputs[row], (n, *self.outputs.shape[1:])),
+        }
 
     @property
     def num_rows(self) -> int:
@@ -118,23 +135,26 @@ class TaskData(NamedTuple):
         return picked.sum(axis=1).astype(x.dtype).reshape(x.shape)
 
     def task_batch(self, task) -> dict:
-        """Task `task`'s whole split as one batch {"x", "y", "task", "weight"}; padding weighs 0."""
+        """Task `task`'s whole split as one batch {"x", "y", "task", "weight"} (and "outputs" if
+        the rows have them); padding weighs 0."""
         idx = jnp.arange(self.ref.shape[1])
-        return {
+        batch = {
             "x": self.inputs(task, idx),
             "y": self.y[task],
             "task": self.task[task],
             "weight": (idx < self.n[task]).astype(jnp.float32),
         }
+        return self._with_outputs(batch, task)
 
     def sample(self, task, idx) -> dict:
         """Examples `idx` (all valid) of task `task` as a batch of weight 1."""
-        return {
+        batch = {
             "x": self.inputs(task, idx),
             "y": self.y[task, idx],
             "task": self.task[task, idx],
             "weight": jnp.ones(idx.shape, jnp.float32),
         }
+        return self._with_outputs(batch, task)
 
 
 class TrainState(NamedTuple):
@@ -175,11 +195,21 @@ def stack_tasks(tasks: tuple[Task, ...] | list[Task], split: str) -> TaskData:
         if any(t.pixels is None for t in tasks):
             raise ValueError("either every task of a stream has an input transform or none has")
         pixels = tuple(np.stack([np.asarray(t.pixels[i]) for t in tasks]) for i in (0, 1))
-    return TaskData(store, np.stack(refs), y, n, np.ascontiguousarray(ids), pixels)
+    outputs = None
+    if split == "train" and any(t.outputs is not None for t in tasks):
+        outputs = np.stack([_outputs(t) for t in tasks])
+    return TaskData(store, np.stack(refs), y, n, np.ascontiguousarray(ids), pixels, outputs)
+
+
+def _outputs(task: Task) -> np.ndarray:
+    if task.outputs is None:
+        return np.ones(np.shape(task.label_mask), bool)
+    return np.asarray(task.outputs, bool)
 
 
 def union(data: TaskData) -> TaskData:
-    """All tasks of `data` as one task (the joint baseline's training set); inputs stay shared."""
+    """All tasks of `data` as one task (the joint baseline's training set); inputs stay shared.
+    Its training may use every output any task may use (all tasks are seen at once)."""
     keep = [np.arange(int(n)) for n in np.asarray(data.n)]
 
     def cat(a):
@@ -192,6 +222,7 @@ def union(data: TaskData) -> TaskData:
         n=np.array([sum(map(len, keep))], np.int32),
         task=cat(data.task),
         pixels=data.pixels,
+        outputs=None if data.outputs is None else np.any(data.outputs, axis=0, keepdims=True),
     )
 
 

@@ -202,7 +202,7 @@ def test_memory_samples_draw_only_filled_slots():
     whole = replay(OBJ, 12, X0, Y0, selection="class_balanced", per_class=2, groups=GROUPS)
     rows = {k: v[4:8] for k, v in s.memory.rows.items()}
     want = OBJ.loss(PARAMS, {**rows, "weight": jnp.ones(4)})
-    assert float(whole.penalty(PARAMS, s, None, None)[0]) == pytest.approx(float(want), rel=1e-6)
+    assert float(whole.penalty(PARAMS, s, {}, None)[0]) == pytest.approx(float(want), rel=1e-6)
 
 
 def test_runner_builds_class_balanced_groups_from_the_stream():

@@ -58,6 +58,7 @@ FACTORIES = {
         OBJ, 12, X0, Y0, batch_size=6, selection="class_balanced", groups=GROUPS
     ),
     "lwf": lambda: lwf(OBJ, strength=2.0, temperature=3.0),
+    "lwf_all": lambda: lwf(OBJ, strength=0.5, units="all"),
     "agem": lambda: agem(OBJ, capacity=10, example_x=X0, example_y=Y0),
     "agem_balanced": lambda: agem(
         OBJ, 12, X0, Y0, batch_size=5, selection="class_balanced", per_class=1, groups=GROUPS
@@ -68,7 +69,11 @@ FACTORIES = {
     "lwf+agem": lambda: chain(lwf(OBJ), agem(OBJ, capacity=10, example_x=X0, example_y=Y0)),
 }
 QUADRATIC = {"l2", "ewc_separate", "ewc_online", "ewc_sampled", "ewc_empirical", "si", "mas"}
-ANCHORED = {"lwf", "lwf+agem"}  # zero at the parameters it consolidated, positive elsewhere
+ANCHORED = {
+    "lwf",
+    "lwf_all",
+    "lwf+agem",
+}  # zero at the parameters it consolidated, positive elsewhere
 PROJECTIONS = {"agem", "agem_balanced", "gem", "lwf+agem"}  # transform the gradient
 
 
@@ -284,6 +289,7 @@ def test_fisher_ignores_padding_and_subsamples():
         (lambda: lwf(OBJ, strength=-1.0), "strength"),
         (lambda: lwf(OBJ, temperature=-2.0), "temperature"),
         (lambda: lwf(OBJ, temperature=0.0), "temperature"),
+        (lambda: lwf(OBJ, units="old"), "units"),
         (lambda: agem(OBJ, capacity=0, example_x=X0, example_y=Y0), "capacity"),
         (lambda: agem(OBJ, 4, X0, Y0, batch_size=-1), "batch_size"),
         (lambda: der(OBJ, capacity=0, example_x=X0, example_y=Y0), "capacity"),
@@ -386,6 +392,32 @@ def test_lwf_distils_the_units_of_the_tasks_seen_so_far():
     reg = lwf(one_head)
     s = reg.consolidate(reg.init(PARAMS), PARAMS, task_data(1, pad=3), None)
     assert np.flatnonzero(s.seen).tolist() == [2, 3]
+
+
+def test_lwf_over_all_units_also_distils_the_low_scores_of_classes_still_to_come():
+    """units="all", one head (class-incremental): both softmaxes over every output the batch
+    trains, the new classes' included (van de Ven et al.'s default); nothing before a task ends."""
+    one_head = OBJ._replace(label_masks=jnp.ones_like(OBJ.label_masks))
+    strength, temp = 0.25, 2.0
+    reg = lwf(one_head, strength=strength, temperature=temp, units="all")
+    data, theta = task_data(1), moved(PARAMS)
+    assert float(reg.penalty(theta, reg.init(PARAMS), data, None)[0]) == 0.0
+    state = reg.consolidate(reg.init(PARAMS), PARAMS, task_data(0), None)
+    p = _softmax(np.asarray(MODEL.apply(PARAMS, data["x"])) / temp)
+    q = _softmax(np.asarray(MODEL.apply(theta, data["x"])) / temp)
+    kl = (p * (np.log(p) - np.log(q))).sum(-1).mean()
+    value = float(reg.penalty(theta, state, data, None)[0])
+    assert value == pytest.approx(strength * temp**2 * kl, rel=1e-4)
+    seen_only = lwf(one_head, strength=strength, temperature=temp)
+    state = seen_only.consolidate(seen_only.init(PARAMS), PARAMS, task_data(0), None)
+    assert float(seen_only.penalty(theta, state, data, None)[0]) != pytest.approx(value, rel=1e-2)
+    # A training restriction (train_outputs="seen") narrows both softmaxes with it.
+    narrowed = {**data, "outputs": jnp.broadcast_to(jnp.arange(6) < 4, (len(data["y"]), 6))}
+    p4, q4 = (_softmax(np.log(a[:, :4])) for a in (p, q))
+    kl4 = (p4 * (np.log(p4) - np.log(q4))).sum(-1).mean()
+    state = reg.consolidate(reg.init(PARAMS), PARAMS, task_data(0), None)
+    got = float(reg.penalty(theta, state, narrowed, None)[0])
+    assert got == pytest.approx(strength * temp**2 * kl4, rel=1e-4)
 
 
 @pytest.mark.parametrize(

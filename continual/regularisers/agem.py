@@ -18,7 +18,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from continual.regularisers.base import regulariser
+from continual.regularisers.base import regulariser, trained_as
 from continual.regularisers.replay import Buffer, episodic_memory, sample_buffer
 
 
@@ -60,7 +60,7 @@ def agem(
         return AGEMState(memory.init())
 
     def transform(grads, params, state, batch, key):
-        sample = sample_buffer(state.memory, key, batch_size)
+        sample = trained_as(sample_buffer(state.memory, key, batch_size), batch)
         reference = jax.grad(objective.loss)(params, sample)  # zero while the memory is empty
         return project(grads, reference)
 

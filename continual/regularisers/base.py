@@ -58,6 +58,18 @@ def regulariser(
     return Regulariser(name, init, penalty, transform, observe, consolidate)
 
 
+def trained_as(sample: dict, batch: dict) -> dict:
+    """A memory `sample` trained under the current `batch`'s output restriction, if it has one
+    (a replayed digit of the first task meets every class seen so far, not only its own two)."""
+    if "outputs" not in batch:
+        return sample
+    n = sample["y"].shape[0]
+    return {
+        **sample,
+        "outputs": jnp.broadcast_to(batch["outputs"][0], (n, *batch["outputs"].shape[1:])),
+    }
+
+
 def identity() -> Regulariser:
     """Naive fine-tuning: no penalty, no state."""
     return regulariser("naive", lambda params: ())
@@ -135,11 +147,21 @@ def subset(data, key, num_samples: int | None):
     return jax.tree.map(lambda a: a[order[:num_samples]], data)
 
 
-def example_mean(per_example, params, data, key, num_samples: int | None = None, copies: int = 1):
+def example_mean(
+    per_example,
+    objective,
+    params,
+    data,
+    key,
+    num_samples: int | None = None,
+    copies: int = 1,
+):
     """Mean over the valid examples of `data` (or a random subset of `num_samples` of them) of
-    per_example(x, y, task, key) -> a params-shaped pytree, computed in chunks of examples small
-    enough that `copies` params-sized arrays per example stay within a fixed memory budget."""
+    per_example(x, y, mask, key) -> a params-shaped pytree, `mask` the example's label mask under
+    `objective`, computed in chunks of examples small enough that `copies` params-sized arrays
+    per example stay within a fixed memory budget."""
     pick_key, example_key = jax.random.split(key)
+    data = {k: data[k] for k in ("x", "y", "weight")} | {"mask": objective.masks(data)}
     data = subset(data, pick_key, num_samples)
     n = data["x"].shape[0]
     num_params = sum(p.size for p in jax.tree.leaves(params))
@@ -150,7 +172,7 @@ def example_mean(per_example, params, data, key, num_samples: int | None = None,
 
     def add_chunk(total, rows):
         d, k = rows
-        values = jax.vmap(per_example)(d["x"], d["y"], d["task"], k)
+        values = jax.vmap(per_example)(d["x"], d["y"], d["mask"], k)
         return jax.tree.map(
             lambda t, v: t + jnp.tensordot(d["weight"], v, axes=1), total, values
         ), None

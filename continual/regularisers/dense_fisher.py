@@ -53,7 +53,7 @@ def dense_fisher(objective, params, data, paths):
 
     def chunk_sums(batch):
         x, weight = batch["x"], batch["weight"]
-        masks = objective.label_masks[batch["task"]]
+        masks = objective.masks(batch)
 
         def scores(eps):
             inputs = []

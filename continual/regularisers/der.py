@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from continual.losses import weighted_mean
-from continual.regularisers.base import check_nonnegative, regulariser
+from continual.regularisers.base import check_nonnegative, regulariser, trained_as
 from continual.regularisers.replay import Buffer, empty_buffer, reservoir_insert, sample_buffer
 
 
@@ -64,7 +64,8 @@ def der(
         sample = sample_buffer(state.memory, k_logits, batch_size)
         err = (objective.apply(params, sample["x"]) - sample["out"]) ** 2
         mse = weighted_mean(err.reshape(err.shape[0], -1).mean(axis=1), sample["weight"])
-        loss = objective.loss(params, sample_buffer(state.memory, k_labels, batch_size))
+        labels = trained_as(sample_buffer(state.memory, k_labels, batch_size), batch)
+        loss = objective.loss(params, labels)
         return state.alpha * mse + state.beta * loss, {"mse": mse, "loss": loss}
 
     def observe(state, params, grads, batch, key):

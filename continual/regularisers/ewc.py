@@ -57,9 +57,7 @@ def fisher_diagonal(
             count = jnp.maximum(jnp.sum(data["weight"]), 1e-12)
             return jax.tree.map(lambda t: t / count, total)
 
-    def example_fisher(x, y, task, k):
-        mask = objective.label_masks[task]
-
+    def example_fisher(x, y, mask, k):
         def out_fn(p):
             return objective.apply(p, x[None])[0]
 
@@ -77,7 +75,7 @@ def fisher_diagonal(
         return jax.tree.map(lambda gi: n * gi**2, g)
 
     num_scores = objective.label_masks.shape[-1] if estimator == "exact" else 1
-    return example_mean(example_fisher, params, data, key, num_samples, num_scores)
+    return example_mean(example_fisher, objective, params, data, key, num_samples, num_scores)
 
 
 def ewc(

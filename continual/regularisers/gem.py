@@ -22,7 +22,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from continual.regularisers.base import check_nonnegative, regulariser
+from continual.regularisers.base import check_nonnegative, regulariser, trained_as
 
 HIGHEST = jax.lax.Precision.HIGHEST  # exact float32 inner products (no TF32 on GPUs)
 
@@ -119,7 +119,7 @@ def gem(
 
     def transform(grads, params, state, batch, key):
         def task_grad(memory, filled):
-            sample = {**memory, "weight": filled.astype(jnp.float32)}
+            sample = trained_as({**memory, "weight": filled.astype(jnp.float32)}, batch)
             return jax.grad(objective.loss)(params, sample)  # zero for an empty slot
 
         constraints = jax.vmap(task_grad)(state.memory, state.filled)

@@ -25,16 +25,14 @@ class MASState(NamedTuple):
 def output_sensitivity(objective, params, data, key, num_samples: int | None = None):
     """Mean |d ||f(x)||^2 / d theta| over the valid examples of `data`."""
 
-    def one(x, y, task, k):
-        mask = objective.label_masks[task]
-
+    def one(x, y, mask, k):
         def norm(p):
             out = objective.apply(p, x[None])[0]
             return jnp.sum(jnp.where(mask, out, 0.0) ** 2)
 
         return jax.tree.map(jnp.abs, jax.grad(norm)(params))
 
-    return example_mean(one, params, data, key, num_samples)
+    return example_mean(one, objective, params, data, key, num_samples)
 
 
 def mas(objective, strength: float = 1.0, num_samples: int | None = None):

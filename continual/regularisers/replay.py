@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from continual.regularisers.base import check_nonnegative, regulariser
+from continual.regularisers.base import check_nonnegative, regulariser, trained_as
 
 SELECTIONS = ("reservoir", "class_balanced")
 
@@ -193,7 +193,8 @@ def replay(
         )
 
     def penalty(params, state, batch, key):
-        loss = objective.loss(params, sample_buffer(state.memory, key, batch_size))
+        sample = trained_as(sample_buffer(state.memory, key, batch_size), batch)
+        loss = objective.loss(params, sample)
         scale = state.tasks.astype(jnp.float32) if scale_by_tasks else 1.0
         return state.weight * scale * loss, {"loss": loss}
 
