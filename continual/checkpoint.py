@@ -100,7 +100,8 @@ class Checkpointer:
         different layout (another version of continual) is an error, not a corruption."""
         ocp = self._ocp
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, to_saveable(template))
-        for step in sorted(self.manager.all_steps(), reverse=True):
+        # Process 0's list, so that every process tries the same steps in the same order.
+        for step in devices.from_primary(sorted(self.manager.all_steps(), reverse=True)):
             try:
                 got = self.manager.restore(
                     step,
@@ -113,7 +114,8 @@ class Checkpointer:
                 error = e
             if not devices.any_process(error is not None):  # every process agrees on the step
                 return from_saveable(got["states"], template), got["progress"]
-            if error is not None and "tree structure" in str(error):  # not this code's layout
+            layout = error is not None and "tree structure" in str(error)
+            if devices.any_process(layout):  # readable, but not this code's state layout
                 raise ValueError(
                     f"checkpoint {self.directory / str(step)} holds a different state layout "
                     "(written by another version of continual); start over with --overwrite"

@@ -48,6 +48,11 @@ def is_primary() -> bool:
     return jax.process_index() == 0
 
 
+def process_count() -> int:
+    """How many processes the job has (1 unless --distributed)."""
+    return jax.process_count()
+
+
 def place(tree, sharding: NamedSharding):
     """Puts `tree`, whose values are the same on every process, on `sharding`. One process:
     `jax.device_put`. Several: each process builds only its own devices' shards from its host

@@ -58,9 +58,16 @@ def choose_shared(args, config: dict, request: dict, prefix: str = "") -> tuple[
 
 
 def report_interrupted(error: Exception, stop: StopFlag, run_dir: Path) -> int:
-    """Says how to resume an interrupted run; returns the exit code (128 + signal)."""
+    """Says how to resume an interrupted run (process 0 of a multi-process job alone); returns
+    the exit code (128 + signal)."""
+    from continual import devices
+
     name = signal.Signals(stop.signal).name if stop.signal else "another process was signalled"
-    print(f"continual: {error} ({name}). Resume with: continual resume {run_dir}", file=sys.stderr)
+    if devices.is_primary():
+        how = f"continual resume {run_dir}"
+        if devices.process_count() > 1:
+            how = "the same command with --resume on every process"
+        print(f"continual: {error} ({name}). Resume with: {how}", file=sys.stderr)
     return 128 + int(stop.signal or signal.SIGINT)
 
 
@@ -131,6 +138,9 @@ def choose(args, config: dict, request: dict, prefix: str = "") -> tuple[Path, b
         saved_request = json.loads((run_dir / "run.json").read_text())
     except (OSError, ValueError) as e:
         raise ValueError(f"cannot read the run in {str(run_dir)!r}: {e}") from None
+    from continual.runner import with_defaults
+
+    saved = with_defaults(saved)  # a key added since the run was made reads as its default
     if saved_request != request and not args.allow_config_change:
         changed = sorted(differences(saved_request, request))
         raise ValueError(

@@ -280,8 +280,9 @@ TRAIN_OUTPUTS = ("all", "seen")
 def train_outputs(stream: Stream, which: str = "all") -> Stream:
     """`stream` with the outputs its training may use: "all" (unchanged), or "seen": while task
     t is trained, only the classes that occurred in the training labels of tasks 0..t (van de
-    Ven et al.'s `--active-classes all-so-far`, iCaRL's choice; replayed examples and the Fisher
-    meet the same classes). Evaluation still reads every output its label mask allows."""
+    Ven et al.'s `--active-classes all-so-far`, iCaRL's choice, but for their LwF's zero targets
+    on the current classes; replayed examples and the Fisher meet the same classes). Evaluation
+    still reads every output its label mask allows."""
     if which not in TRAIN_OUTPUTS:
         raise ValueError(f"train_outputs must be one of {', '.join(TRAIN_OUTPUTS)}, got {which!r}")
     if which == "all":

@@ -19,7 +19,8 @@ earlier tasks); ER and A-GEM with 100 examples per class (class-balanced), a rep
 128; ER weighs the replayed loss by the number of earlier tasks, as their 1/t : 1 - 1/t
 weighting does. Training reads every output in class-incremental learning, as their default
 (`--active-classes all`); `--set stream.train_outputs=seen` trains over the classes seen so far
-instead (their `all-so-far`). `joint` trains once on all five tasks (10,000 iterations).
+instead (their `all-so-far`, but for LwF's zero targets on the current classes). `joint`
+trains once on all five tasks (10,000 iterations).
 Published class-incremental average accuracy (20 seeds, ± SEM): None 19.89 ± 0.02, Joint
 98.17 ± 0.04, EWC 20.64 ± 0.52, SI 21.20 ± 0.57, LwF 21.89 ± 0.32, A-GEM 65.10 ± 3.64, ER
 88.79 ± 0.20. Ours, with the command that measured them and where they differ and why:

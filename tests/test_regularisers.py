@@ -58,7 +58,7 @@ FACTORIES = {
         OBJ, 12, X0, Y0, batch_size=6, selection="class_balanced", groups=GROUPS
     ),
     "lwf": lambda: lwf(OBJ, strength=2.0, temperature=3.0),
-    "lwf_all": lambda: lwf(OBJ, strength=0.5, units="all"),
+    "lwf_all": lambda: lwf(OBJ._replace(label_masks=jnp.ones_like(OBJ.label_masks)), units="all"),
     "agem": lambda: agem(OBJ, capacity=10, example_x=X0, example_y=Y0),
     "agem_balanced": lambda: agem(
         OBJ, 12, X0, Y0, batch_size=5, selection="class_balanced", per_class=1, groups=GROUPS
@@ -290,6 +290,7 @@ def test_fisher_ignores_padding_and_subsamples():
         (lambda: lwf(OBJ, temperature=-2.0), "temperature"),
         (lambda: lwf(OBJ, temperature=0.0), "temperature"),
         (lambda: lwf(OBJ, units="old"), "units"),
+        (lambda: lwf(OBJ, units="all"), "task-incremental"),
         (lambda: agem(OBJ, capacity=0, example_x=X0, example_y=Y0), "capacity"),
         (lambda: agem(OBJ, 4, X0, Y0, batch_size=-1), "batch_size"),
         (lambda: der(OBJ, capacity=0, example_x=X0, example_y=Y0), "capacity"),

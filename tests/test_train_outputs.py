@@ -200,3 +200,27 @@ def test_every_experiment_can_set_it_from_the_command_line():
     assert apply_overrides(config, ["stream.train_outputs=seen"])["stream"]["train_outputs"] == (
         "seen"
     )
+
+
+def test_a_run_made_before_the_key_existed_resumes_without_a_config_change(tmp_path):
+    from types import SimpleNamespace
+
+    from continual import rundir
+
+    config = runner.with_defaults(blobs_config("all"))
+    older = copy.deepcopy(config)
+    del older["stream"]["train_outputs"]  # what config.json held before the key existed
+    request = {"experiment": "split_blobs", "methods": ["naive"]}
+    rundir.create(tmp_path / "split_blobs" / "old", older, request)
+    args = SimpleNamespace(
+        out=str(tmp_path),
+        experiment="split_blobs",
+        name="old",
+        resume=True,
+        overwrite=False,
+        allow_config_change=False,
+    )
+    assert rundir.choose(args, config, request) == (tmp_path / "split_blobs" / "old", True)
+    changed = apply_overrides(config, ["stream.train_outputs=seen"])
+    with pytest.raises(ValueError, match=r"stream\.train_outputs"):
+        rundir.choose(args, changed, request)

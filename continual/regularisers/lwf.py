@@ -16,7 +16,8 @@ input is not [pad]), the previous model's outputs held constant. Both softmaxes 
           the classes still to come);
     all   every unit the batch trains (its label masks): in class-incremental learning also the
           previous model's low scores for the new classes, as van de Ven et al.'s code does
-          (`loss_fn_kd` with every output active, their default).
+          (`loss_fn_kd` with every output active, their default). Class- and
+          domain-incremental streams only (one label mask for every task).
 
 T^2 keeps the gradient's scale independent of the temperature (Hinton et al. 2015); their loss
 has no such factor (`strength` = 1 / T^2 is theirs). Zero until the first task is consolidated.
@@ -28,6 +29,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from continual.data.text import PAD
 from continual.losses import MASKED, weighted_mean
@@ -79,6 +81,12 @@ def lwf(
         raise ValueError(f"lwf units must be one of {', '.join(UNITS)}, got {units!r}")
     if temperature == 0:
         raise ValueError("temperature must be > 0, got 0")
+    masks = np.asarray(objective.label_masks)
+    if units == "all" and not (masks == masks[:1]).all():
+        raise ValueError(
+            "lwf units='all' distils the outputs the current task trains, which in "
+            "task-incremental learning are its own new head: use units='seen'"
+        )
     categorical = objective.likelihood.name == "categorical"
     sequences = objective.likelihood.positions is not None  # token inputs: [pad] is no position
 
