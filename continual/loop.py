@@ -159,8 +159,8 @@ def compile_program(
         data,
         train,
         test,
-        chunk.compile(),
-        finish.compile(),
+        compile_lowered(chunk),
+        compile_lowered(finish),
         evaluate,
         view,
         sharding,
@@ -192,7 +192,31 @@ def _compile_evaluate(objective, params, test, seen: bool = False):
         return evaluate_tasks(objective, p, t, upto if seen else None)
 
     evaluate = jax.vmap(evaluate, in_axes=(0, None, None))
-    return jax.jit(evaluate).lower(params, test, jnp.int32(0)).compile()
+    return compile_lowered(jax.jit(evaluate).lower(params, test, jnp.int32(0)))
+
+
+# XLA:CPU compiles some fusions differently for different shapes: YNNPACK takes some reductions
+# (a bias gradient's sum over the batch), and the newer fusion emitters vectorise a reduction by
+# its shape. Either way a sum runs in another order when a member axis is stacked in front, and a
+# sweep's members drift, by rounding amplified over training, from the same members run alone.
+# With both off a member's arithmetic is the same in a sweep as in a run, to the bit
+# (tests/test_sweep.py; the cost is measured in benchmarks/sweep_speed.py). A JAX whose XLA lacks
+# these options compiles without them.
+_cpu_options = {"xla_cpu_experimental_ynn_fusion_type": "", "xla_cpu_use_fusion_emitters": False}
+
+
+def compile_lowered(lowered):
+    """`lowered.compile()`, on CPU with the options above."""
+    global _cpu_options
+    if jax.default_backend() != "cpu" or _cpu_options is None:
+        return lowered.compile()
+    try:
+        return lowered.compile(compiler_options=_cpu_options)
+    except jax.errors.JaxRuntimeError as e:
+        if "option" not in str(e):  # "No such compile option", "While setting option ..."
+            raise
+        _cpu_options = None
+        return lowered.compile()
 
 
 class Interrupted(RuntimeError):

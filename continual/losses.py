@@ -166,8 +166,12 @@ LIKELIHOODS = {
 
 
 def weighted_mean(values_B: jax.Array, weight_B: jax.Array) -> jax.Array:
-    """Mean of per-example values over the examples with non-zero weight (0 if there are none)."""
-    return jnp.sum(values_B * weight_B) / jnp.maximum(jnp.sum(weight_B), 1e-12)
+    """Mean of per-example values over the examples with non-zero weight (0 if there are none).
+
+    A product with the reciprocal, not a quotient: under vmap over members with shared weights
+    (evaluation) XLA rewrites x / broadcast(d) into x * broadcast(1 / d), so writing it that way
+    keeps one member's value the same, to the bit, alone or in a sweep."""
+    return jnp.sum(values_B * weight_B) * (1.0 / jnp.maximum(jnp.sum(weight_B), 1e-12))
 
 
 class Objective(NamedTuple):

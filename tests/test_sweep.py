@@ -1,15 +1,32 @@
-"""Sweeps: one vmapped program equals its members run alone, on one device or four."""
+"""Sweeps: one vmapped program equals its members run alone, on one device or four, to the bit
+on CPU (loop.compile_lowered's options keep a member's arithmetic the same with a member axis)."""
 
 import copy
 import json
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from continual import loop
 from continual import sweep as sw
 from continual.cli import main
 
 from helpers import on_four_devices, run
+
+
+def exact() -> bool:
+    """On CPU, where loop.compile_lowered's options apply (not at import: test_multihost's
+    processes import this file before jax.distributed.initialize)."""
+    return jax.default_backend() == "cpu"
+
+
+def assert_same(a, b):
+    if exact():
+        np.testing.assert_array_equal(a, b)
+    else:
+        np.testing.assert_allclose(a, b, atol=1e-5)
 
 
 def tiny_config():
@@ -49,8 +66,9 @@ def test_a_vmapped_sweep_equals_each_member_run_alone():
         alone["regularisers"]["ewc"]["strength"] = member.values["regularisers.ewc.strength"]
         alone["optimizer"]["learning_rate"] = member.values["optimizer.learning_rate"]
         single = run(alone, ["ewc"])["ewc"]
-        np.testing.assert_allclose(r.matrix, single.matrix, atol=1e-5)
-        np.testing.assert_allclose(r.curves["values"], single.curves["values"], atol=1e-5)
+        assert_same(r.matrix, single.matrix)
+        assert_same(r.curves["values"], single.curves["values"])
+        assert r.views == single.views or not exact()
     # Members really differ: seeds and strengths change the numbers.
     assert len({json.dumps(r.matrix) for r in results}) == 8
 
@@ -65,7 +83,7 @@ def test_a_diverging_member_is_frozen_and_marked_while_others_finish():
     assert np.isfinite(bad.matrix).all()  # frozen at its last finite parameters
     alone = copy.deepcopy(config)
     single = run(alone, ["naive"])["naive"]
-    np.testing.assert_allclose(good.matrix, single.matrix, atol=1e-5)
+    assert_same(good.matrix, single.matrix)
 
 
 def test_outer_values_are_separate_programs():
@@ -103,7 +121,15 @@ def test_four_devices_give_the_numbers_of_one():
         tiny_config(), {"regularisers.ewc.strength": [0.5, 5.0, 50.0]}, 2, "ewc"
     )
     assert len(four) == 6  # 6 members padded to 8 on 4 devices; the padding is dropped
-    np.testing.assert_allclose(four, [r.matrix for r in one], atol=1e-5)
+    assert_same(four, [r.matrix for r in one])
+
+
+def test_a_jax_without_the_compiler_options_compiles_without_them(monkeypatch):
+    if not exact():
+        pytest.skip("the options are XLA:CPU's")
+    monkeypatch.setattr(loop, "_cpu_options", {"xla_cpu_no_such_option": True})
+    compiled = loop.compile_lowered(jax.jit(lambda x: x + 1).lower(jnp.float32(1)))
+    assert compiled(jnp.float32(1)) == 2 and loop._cpu_options is None
 
 
 def test_log_ranges_and_lists():
@@ -170,3 +196,39 @@ def test_bad_sweeps_are_one_line_exit_2_nothing_written(case, tmp_path, capsys, 
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err, err
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_fisher_over_many_shared_examples_is_the_same_alone_and_in_a_sweep():
+    if not exact():
+        pytest.skip("the options are XLA:CPU's")
+    # A sweep's members share the examples, so XLA folds the member axis into the width of the
+    # products that sum over them (the exact Fisher of a Dense network, dense_fisher.py); its
+    # chunks keep each sum short enough to be summed in one order whatever that width.
+    from continual import models
+    from continual.losses import LIKELIHOODS, Objective
+    from continual.regularisers import fisher_diagonal
+
+    n, dim, classes = 1500, 40, 10
+    rng = np.random.default_rng(0)
+    data = {
+        "x": jnp.asarray(rng.normal(size=(n, dim)), jnp.float32),
+        "y": jnp.asarray(rng.integers(0, classes, n), jnp.int32),
+        "task": jnp.zeros(n, jnp.int32),
+        "weight": jnp.ones(n, jnp.float32),
+    }
+    model = models.make("mlp", classes, widths=(100,))
+    objective = Objective(model.apply, LIKELIHOODS["categorical"], jnp.ones((1, classes), bool))
+    members = jax.vmap(lambda k: model.init(k, data["x"][:1]))(
+        jax.random.split(jax.random.key(0), 8)
+    )
+
+    def fisher(params):
+        return fisher_diagonal(objective, params, data, jax.random.key(1), "exact")
+
+    sweep = loop.compile_lowered(jax.jit(jax.vmap(fisher)).lower(members))(members)
+    one = jax.tree.map(lambda a: a[:1], members)
+    alone = loop.compile_lowered(jax.jit(jax.vmap(fisher)).lower(one))
+    for i in range(8):
+        got = alone(jax.tree.map(lambda a, i=i: a[i : i + 1], members))
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(sweep), strict=True):
+            np.testing.assert_array_equal(a[0], b[i])
