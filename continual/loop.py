@@ -200,7 +200,7 @@ def _compile_evaluate(objective, params, test, seen: bool = False):
 # its shape. Either way a sum runs in another order when a member axis is stacked in front, and a
 # sweep's members drift, by rounding amplified over training, from the same members run alone.
 # With both off a member's arithmetic is the same in a sweep as in a run, to the bit
-# (tests/test_sweep.py; the cost is measured in benchmarks/sweep_speed.py). A JAX whose XLA lacks
+# (tests/test_sweep.py; the cost is in the README: Sweeps, Permuted MNIST). A JAX whose XLA lacks
 # these options compiles without them.
 _cpu_options = {"xla_cpu_experimental_ynn_fusion_type": "", "xla_cpu_use_fusion_emitters": False}
 
