@@ -318,6 +318,8 @@ def run_program(
         if program.view is not None:
             progress.view.append(_tolist(initial_view))
     p = progress
+    if on_steps is not None and p.step:  # resumed: a progress bar starts where the run stopped
+        on_steps(p.step)
 
     def stop_requested():
         return should_stop is not None and should_stop()

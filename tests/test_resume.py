@@ -181,3 +181,20 @@ def test_a_checkpoint_of_another_state_layout_is_an_error_not_a_corruption(tmp_p
             state({"memory": jnp.ones((1, 3)), "tasks": jnp.zeros((1,))})
         )
     assert (folder / "1").is_dir() and not (tmp_path / "m" / "corrupt_checkpoints").exists()
+
+
+def test_a_resumed_run_reports_the_steps_done_before_to_its_progress_bar(tmp_path):
+    from test_sweep import tiny_config
+
+    from continual import runner
+    from continual.loop import Interrupted
+
+    plan = runner.plan(runner.with_defaults(tiny_config()), ["naive"])
+    chunks = []
+    with pytest.raises(Interrupted):
+        runner.execute(
+            plan, run_dir=tmp_path, should_stop=lambda: len(chunks) == 2, on_steps=chunks.append
+        )
+    steps = []
+    runner.execute(plan, run_dir=tmp_path, resume=True, on_steps=steps.append)
+    assert steps[0] == sum(chunks) > 0 and sum(steps) == plan.total_steps
