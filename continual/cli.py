@@ -290,6 +290,8 @@ def _sweep(args, config: dict | None = None) -> int:
                     results.append(
                         [res.Results.from_json(json.loads(p.read_text())) for p in paths]
                     )
+                if bar:
+                    bar.update(sw.total_steps([group]))
                 continue
             rs = sw.run_group(
                 group,

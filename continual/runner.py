@@ -292,11 +292,15 @@ class Plan:
     methods: list[Method]
     key: Any
 
+    def steps(self, method) -> int:
+        """A method's training steps (for a progress bar)."""
+        per_method = train_settings(self.config).steps * len(self.stream.tasks)
+        return (method.retrieval or {}).get("steps") or per_method
+
     @property
     def total_steps(self) -> int:
         """Training steps over all methods (for a progress bar)."""
-        per_method = train_settings(self.config).steps * len(self.stream.tasks)
-        return sum((m.retrieval or {}).get("steps") or per_method for m in self.methods)
+        return sum(self.steps(m) for m in self.methods)
 
 
 def plan(config: dict, selected: list[str] | None = None) -> Plan:
@@ -399,6 +403,8 @@ def execute(
         done = run_dir / m.name / "results.json" if run_dir else None
         if resume and done is not None and done.exists():
             out[m.name] = Results.from_json(json.loads(done.read_text()))
+            if on_steps is not None:  # a progress bar counts the finished method's steps
+                on_steps(p.steps(m))
             if on_result is not None:
                 on_result(out[m.name])
             continue
