@@ -9,6 +9,9 @@ checkpoint that cannot be read is skipped with a warning, and the one before it 
 With several JAX processes (devices.py) all of them save and restore together (orbax writes each
 shard once, so the directory must be one they all see) and agree on which checkpoint is
 readable; process 0 alone moves a broken one aside.
+
+The config's `checkpoint` section (`checkpoint_settings`) and the save / resume hooks the task
+loop takes (`checkpointing`) are built here too.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from continual import devices
+from continual.config import ConfigError, number
 
 _FAULTS: Counter = Counter()
 
@@ -146,3 +150,48 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.close()
+
+
+# The config's checkpoint section, and the loop's checkpoint hooks built from it.
+CHECKPOINT_DEFAULTS = {"enabled": True, "every_chunks": 0, "keep": 3}
+
+
+def checkpoint_settings(config: dict) -> dict:
+    """The checked checkpoint section: enabled (at the end of every task), every_chunks (also
+    every that many chunks; 0: only at task ends), keep (the newest that many)."""
+    c = {**CHECKPOINT_DEFAULTS, **config.get("checkpoint", {})}
+    unknown = set(c) - set(CHECKPOINT_DEFAULTS)
+    if unknown:
+        raise ConfigError(f"checkpoint: unknown key {sorted(unknown)[0]!r}")
+    number(c["every_chunks"], "checkpoint.every_chunks", 0, integer=True)
+    number(c["keep"], "checkpoint.keep", 1, integer=True)
+    if not isinstance(c["enabled"], bool):
+        raise ConfigError("checkpoint.enabled must be true or false")
+    return c
+
+
+def checkpointing(directory: Path, config: dict, program, states, resume: bool):
+    """(states, progress, save) for a compiled program that checkpoints into `directory`: the
+    states and progress come from its newest readable checkpoint when resuming (else progress
+    is None); save is None when checkpoints are disabled."""
+    ckpt = checkpoint_settings(config)
+    if not ckpt["enabled"]:
+        return states, None, None
+    from continual.loop import Progress  # loop imports this module
+
+    checkpointer = Checkpointer(directory, ckpt["keep"])
+    progress = None
+
+    def real(states):  # checkpoints hold the real members only, not the device padding
+        return jax.tree.map(lambda a: a[: program.members], states)
+
+    if resume:
+        restored = checkpointer.restore_latest(real(states))
+        if restored is not None:
+            states = devices.shard_members(restored[0])[0]
+            progress = Progress.from_json(restored[1])
+
+    def save(states, progress):
+        checkpointer.save(progress.step, real(states), progress.to_json())
+
+    return states, progress, save

@@ -356,6 +356,7 @@ def run_retrieval(plan, method, settings, folder: Path | None, resume, on_steps,
     loop and checkpoints in `folder`, then answers every fact set of the plan's stream as the
     sets arrive (`retrieval_results`)."""
     from continual import runner
+    from continual.checkpoint import checkpoint_settings, checkpointing
     from continual.loop import compile_program, run_program
 
     stream, per_task = plan.stream, settings.steps
@@ -368,7 +369,7 @@ def run_retrieval(plan, method, settings, folder: Path | None, resume, on_steps,
     program, states = compile_program(method, state, reader, train, test, settings)
     progress, save = None, None
     if folder is not None:
-        states, progress, save = runner.checkpointing(folder, plan.config, program, states, resume)
+        states, progress, save = checkpointing(folder, plan.config, program, states, resume)
     final = {}
     (trained,) = run_program(
         method,
@@ -382,7 +383,7 @@ def run_retrieval(plan, method, settings, folder: Path | None, resume, on_steps,
         stop_on_divergence=True,
         progress=progress,
         checkpoint=save,
-        checkpoint_every=runner.checkpoint_settings(plan.config)["every_chunks"],
+        checkpoint_every=checkpoint_settings(plan.config)["every_chunks"],
         should_stop=should_stop,
         on_finish=lambda states: final.update(params=jax.tree.map(lambda a: a[0], states.params)),
     )

@@ -18,8 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from continual import knowledge, models, streams
+from continual.checkpoint import CHECKPOINT_DEFAULTS, checkpoint_settings, checkpointing
 from continual.config import ConfigError, number, section
-from continual.loop import EVALUATE, Settings, compile_program, run_program, shard_members
+from continual.loop import EVALUATE, Settings, compile_program, run_program
 from continual.losses import LIKELIHOODS, Objective
 from continual.regularisers import (
     Regulariser,
@@ -324,9 +325,6 @@ def initial_state(method: Method, key) -> TrainState:
     return jax.tree.map(lambda a: a[None], state)
 
 
-CHECKPOINT_DEFAULTS = {"enabled": True, "every_chunks": 0, "keep": 3}
-
-
 def with_defaults(config: dict) -> dict:
     """The config with every optional section present (so that --set can reach its keys)."""
     out = dict(config)
@@ -337,48 +335,6 @@ def with_defaults(config: dict) -> dict:
         outputs = config["stream"].get("train_outputs", "all")
         out["stream"] = {**config["stream"], "train_outputs": outputs}
     return out
-
-
-def checkpoint_settings(config: dict) -> dict:
-    """The checked checkpoint section: enabled (at the end of every task), every_chunks (also
-    every that many chunks; 0: only at task ends), keep (the newest that many)."""
-    c = {**CHECKPOINT_DEFAULTS, **config.get("checkpoint", {})}
-    unknown = set(c) - set(CHECKPOINT_DEFAULTS)
-    if unknown:
-        raise ConfigError(f"checkpoint: unknown key {sorted(unknown)[0]!r}")
-    number(c["every_chunks"], "checkpoint.every_chunks", 0, integer=True)
-    number(c["keep"], "checkpoint.keep", 1, integer=True)
-    if not isinstance(c["enabled"], bool):
-        raise ConfigError("checkpoint.enabled must be true or false")
-    return c
-
-
-def checkpointing(directory: Path, config: dict, program, states, resume: bool):
-    """(states, progress, save) for a compiled program that checkpoints into `directory`: the
-    states and progress come from its newest readable checkpoint when resuming (else progress
-    is None); save is None when checkpoints are disabled."""
-    ckpt = checkpoint_settings(config)
-    if not ckpt["enabled"]:
-        return states, None, None
-    from continual.checkpoint import Checkpointer
-    from continual.loop import Progress
-
-    checkpointer = Checkpointer(directory, ckpt["keep"])
-    progress = None
-
-    def real(states):  # checkpoints hold the real members only, not the device padding
-        return jax.tree.map(lambda a: a[: program.members], states)
-
-    if resume:
-        restored = checkpointer.restore_latest(real(states))
-        if restored is not None:
-            states = shard_members(restored[0])[0]
-            progress = Progress.from_json(restored[1])
-
-    def save(states, progress):
-        checkpointer.save(progress.step, real(states), progress.to_json())
-
-    return states, progress, save
 
 
 def execute(

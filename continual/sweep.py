@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from continual import runner
+from continual.checkpoint import checkpoint_settings, checkpointing
 from continual.config import ConfigError, parse_value
 from continual.loop import (
     compile_program,
@@ -225,9 +226,7 @@ def run_group(
     )
     progress, save = None, None
     if directory is not None:
-        stacked, progress, save = runner.checkpointing(
-            directory, group.config, program, stacked, resume
-        )
+        stacked, progress, save = checkpointing(directory, group.config, program, stacked, resume)
     return run_program(
         methods[0],
         program,
@@ -240,7 +239,7 @@ def run_group(
         on_steps=on_steps,
         progress=progress,
         checkpoint=save,
-        checkpoint_every=runner.checkpoint_settings(group.config)["every_chunks"],
+        checkpoint_every=checkpoint_settings(group.config)["every_chunks"],
         should_stop=should_stop,
     )
 
