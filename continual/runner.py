@@ -133,6 +133,14 @@ def _call(factory, what: str, *args, **kwargs):
         raise ConfigError(f"{what}: {e}") from None
 
 
+def stream_follows_seed(config: dict) -> bool:
+    """Whether the stream depends on the run's seed: a split stream with class_order "shuffled"
+    and no class_seed of its own draws its class order from `seed`, as van de Ven et al.'s
+    protocol does."""
+    spec = section(config, "stream")
+    return spec.get("class_order") == "shuffled" and "class_seed" not in spec
+
+
 def build_stream(config: dict) -> Stream:
     """The stream named in config["stream"]["name"], with the section's other keys as arguments."""
     spec = dict(section(config, "stream"))
@@ -140,6 +148,8 @@ def build_stream(config: dict) -> Stream:
     outputs = spec.pop("train_outputs", "all")
     if name not in streams.STREAMS:
         raise ConfigError(f"unknown stream {name!r} (known: {', '.join(streams.STREAMS)})")
+    if stream_follows_seed(config):
+        spec["class_seed"] = number(config.get("seed", 0), "seed", 0, integer=True)
     stream = _call(streams.STREAMS[name], f"stream {name}", **spec)
     return _call(streams.train_outputs, f"stream {name}", stream, outputs)
 
@@ -332,8 +342,10 @@ def with_defaults(config: dict) -> dict:
     if isinstance(config.get("train"), dict):
         out["train"] = {"evaluate": "all", **config["train"]}
     if isinstance(config.get("stream"), dict):
-        outputs = config["stream"].get("train_outputs", "all")
-        out["stream"] = {**config["stream"], "train_outputs": outputs}
+        stream = {"train_outputs": "all", **config["stream"]}
+        if stream.get("name") in streams.SPLIT_STREAMS:
+            stream = {"class_order": None, **stream}
+        out["stream"] = stream
     return out
 
 

@@ -31,18 +31,59 @@ def linear_toy(tasks=(toy.TASK_A, toy.TASK_B), names=None) -> Stream:
     return Stream("linear_toy", tuple(built), "domain", "gaussian", 1, probes=probes)
 
 
+CLASS_ORDERS = ("sorted", "shuffled")
+
+
+def ordered_classes(classes, class_order=None, class_seed: int = 0) -> np.ndarray:
+    """`classes` in the order the tasks take them.
+
+    None or "sorted": ascending. "shuffled": van de Ven et al.'s draw for seed `class_seed`
+    (their code seeds numpy's global generator, relabels class c as p[c] with
+    p = np.random.permutation(n), and gives each task the next new labels): the classes ordered
+    by their new label. A list: that order, which must hold every class once.
+    """
+    classes = np.asarray(classes)
+    if class_order is None or (isinstance(class_order, str) and class_order == "sorted"):
+        return classes
+    if isinstance(class_order, str):
+        if class_order != "shuffled":
+            raise ValueError(
+                f"unknown class_order {class_order!r}; choose one of {', '.join(CLASS_ORDERS)} "
+                "or give a list of the classes"
+            )
+        relabel = np.random.RandomState(class_seed).permutation(len(classes))
+        return classes[np.argsort(relabel)]
+    order = np.asarray(class_order)
+    if order.ndim != 1 or sorted(order.tolist()) != sorted(classes.tolist()):
+        raise ValueError(
+            f"class_order {list(class_order)!r} must list each of the classes "
+            f"{classes.tolist()} exactly once"
+        )
+    return order.astype(classes.dtype)
+
+
 def split(
-    name: str, x_train, y_train, x_test, y_test, num_tasks: int, scenario: str = "task"
+    name: str,
+    x_train,
+    y_train,
+    x_test,
+    y_test,
+    num_tasks: int,
+    scenario: str = "task",
+    class_order=None,
+    class_seed: int = 0,
 ) -> Stream:
-    """Splits a classification source into tasks of consecutive classes.
+    """Splits a classification source into tasks of consecutive classes, in the order
+    `ordered_classes(classes, class_order, class_seed)` gives.
 
     task: all classes are outputs, each task masks the others' (multi-head);
     class: all classes are outputs and nothing is masked (one head, no task identity);
-    domain: labels are relabelled to their index within the task (shared head of that size).
+    domain: labels are relabelled to their index within the task, in that order (shared head of
+    that size).
     """
     if scenario not in SCENARIOS:
         raise ValueError(f"unknown scenario {scenario!r}; choose one of {', '.join(SCENARIOS)}")
-    classes = np.unique(y_train)
+    classes = ordered_classes(np.unique(y_train), class_order, class_seed)
     if num_tasks < 1 or len(classes) % num_tasks:
         raise ValueError(f"cannot split {len(classes)} classes into {num_tasks} equal tasks")
     per_task = len(classes) // num_tasks
@@ -55,7 +96,7 @@ def split(
             keep = np.isin(y, own)
             y = y[keep]
             if scenario == "domain":
-                y = np.searchsorted(own, y)
+                y = np.argmax(y[:, None] == own[None, :], axis=1)
             return {"x": x[keep], "y": y.astype(np.int32)}
 
         if scenario == "task":
@@ -78,15 +119,19 @@ def split_blobs(
     test_per_class: int = 50,
     spread: float = 1.0,
     seed: int = 0,
+    class_order=None,
+    class_seed: int = 0,
 ) -> Stream:
     """Synthetic Gaussian blobs split into tasks: a classification stream with no download."""
     data = synthetic.blobs(num_classes, dim, train_per_class, test_per_class, spread, seed)
-    return split("blobs", *data, num_tasks=num_tasks, scenario=scenario)
+    return split("blobs", *data, num_tasks, scenario, class_order, class_seed)
 
 
-def split_mnist1d(num_tasks: int = 5, scenario: str = "class") -> Stream:
-    """MNIST-1D's ten digits split into tasks of consecutive classes (generated, no download)."""
-    return split("mnist1d", *mnist1d.load(), num_tasks=num_tasks, scenario=scenario)
+def split_mnist1d(
+    num_tasks: int = 5, scenario: str = "class", class_order=None, class_seed: int = 0
+) -> Stream:
+    """MNIST-1D's ten digits split into tasks (generated, no download); `class_order` as `split`."""
+    return split("mnist1d", *mnist1d.load(), num_tasks, scenario, class_order, class_seed)
 
 
 def _images(name: str):
@@ -108,9 +153,15 @@ def _source(source: str):
     return SOURCES[source]()
 
 
-def split_source(source: str = "mnist", num_tasks: int = 5, scenario: str = "class") -> Stream:
-    """A source's classes split into `num_tasks` tasks of consecutive classes."""
-    return split(source, *_source(source), num_tasks=num_tasks, scenario=scenario)
+def split_source(
+    source: str = "mnist",
+    num_tasks: int = 5,
+    scenario: str = "class",
+    class_order=None,
+    class_seed: int = 0,
+) -> Stream:
+    """A source's classes split into `num_tasks` tasks; `class_order` as `split`."""
+    return split(source, *_source(source), num_tasks, scenario, class_order, class_seed)
 
 
 def transformed(
@@ -297,6 +348,9 @@ def train_outputs(stream: Stream, which: str = "all") -> Stream:
         tasks.append(t._replace(outputs=seen))
     return replace(stream, tasks=tuple(tasks))
 
+
+# The streams that take `class_order` (and `class_seed`).
+SPLIT_STREAMS = ("split_blobs", "split_mnist1d", "split")
 
 STREAMS = {
     "linear_toy": linear_toy,

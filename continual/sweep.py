@@ -181,10 +181,14 @@ def plan_sweep(
         raise ConfigError(f"--seeds must be a positive integer, got {seeds!r}")
     names = list(runner.method_specs(config, methods))
     base_seed = config.get("seed", 0)
+    all_seeds = [base_seed + s for s in range(seeds)]
+    # A stream drawn from the seed (a shuffled class order) differs between seeds, so each seed
+    # is a program of its own; otherwise all seeds share one.
+    seed_sets = [[s] for s in all_seeds] if runner.stream_follows_seed(config) else [all_seeds]
     groups = []
-    for combo in itertools.product(*outer.values()):
+    for combo, seed_set in itertools.product(itertools.product(*outer.values()), seed_sets):
         outer_values = dict(zip(outer, combo, strict=True))
-        cfg = _with(config, outer_values)
+        cfg = _with(config, {**outer_values, "seed": seed_set[0]})
         for name in names:
             plan = runner.plan(cfg, [name])
             if plan.methods[0].retrieval is not None:
@@ -194,9 +198,9 @@ def plan_sweep(
                 )
             check_continuous(cfg, name, grid, plan)
             members = [
-                Member(name, dict(zip(grid, values, strict=True)), base_seed + s, outer_values)
+                Member(name, dict(zip(grid, values, strict=True)), seed, outer_values)
                 for values in itertools.product(*grid.values())
-                for s in range(seeds)
+                for seed in seed_set
             ]
             names_seen = [m.name for m in members]
             if len(set(names_seen)) != len(names_seen):
@@ -262,27 +266,29 @@ def old_new(r: Results) -> tuple[float, float]:
 
 
 def summarize_sweep(groups: list[Group], results: list[list[Results]]) -> list[dict]:
-    """Mean and SEM over seeds per (method, outer values, grid point)."""
-    table = []
+    """Mean and SEM over seeds per (method, outer values, grid point), pooling the programs of
+    one method and outer values (one per seed when the stream follows the seed)."""
+    points: dict[tuple, list] = {}
     for group, rs in zip(groups, results, strict=True):
-        points: dict[tuple, list] = {}
         for member, r in zip(group.members, rs, strict=True):
-            points.setdefault(tuple(member.values.items()), []).append(r)
-        for point, runs in points.items():
-            row = {
-                "method": group.method,
-                "outer": group.outer,
-                "values": dict(point),
-                "n": len(runs),
-                "diverged": sum(r.diverged is not None for r in runs),
-            }
-            row["average"] = _mean_sem([r.summary["average"] for r in runs])
-            row["first"] = _mean_sem([r.matrix[-1][0] for r in runs])
-            row["last"] = _mean_sem([r.matrix[-1][-1] for r in runs])
-            row["old"] = _mean_sem([old_new(r)[0] for r in runs])
-            forgetting = [r.summary["forgetting"] for r in runs]
-            row["forgetting"] = None if None in forgetting else _mean_sem(forgetting)
-            table.append(row)
+            key = (group.method, tuple(group.outer.items()), tuple(member.values.items()))
+            points.setdefault(key, []).append(r)
+    table = []
+    for (method, outer, point), runs in points.items():
+        row = {
+            "method": method,
+            "outer": dict(outer),
+            "values": dict(point),
+            "n": len(runs),
+            "diverged": sum(r.diverged is not None for r in runs),
+        }
+        row["average"] = _mean_sem([r.summary["average"] for r in runs])
+        row["first"] = _mean_sem([r.matrix[-1][0] for r in runs])
+        row["last"] = _mean_sem([r.matrix[-1][-1] for r in runs])
+        row["old"] = _mean_sem([old_new(r)[0] for r in runs])
+        forgetting = [r.summary["forgetting"] for r in runs]
+        row["forgetting"] = None if None in forgetting else _mean_sem(forgetting)
+        table.append(row)
     return table
 
 

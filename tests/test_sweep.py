@@ -109,6 +109,28 @@ def test_outer_values_are_separate_programs():
     assert len(table) == 4 and all(row["n"] == 1 for row in table)
 
 
+def test_a_stream_drawn_from_the_seed_makes_one_program_per_seed_pooled_in_the_table():
+    config = tiny_config()
+    config["stream"]["class_order"] = "shuffled"  # each seed its own pairs of classes
+    config["seed"] = 2
+    grid = {"regularisers.ewc.strength": [0.5, 50.0]}
+    groups, results = sweep_results(config, grid, 3, "ewc")
+    assert [[m.seed for m in g.members] for g in groups] == [[2, 2], [3, 3], [4, 4]]
+    for group, rs in zip(groups, results, strict=True):
+        alone = copy.deepcopy(config)
+        alone["seed"] = group.members[1].seed
+        alone["regularisers"]["ewc"]["strength"] = 50.0
+        single = run(alone, ["ewc"])["ewc"]
+        assert rs[1].tasks == single.tasks
+        assert_same(rs[1].matrix, single.matrix)
+    assert len({tuple(rs[0].tasks) for rs in results}) > 1  # the seeds' class orders differ
+    table = sw.summarize_sweep(groups, results)
+    assert [(row["values"], row["n"]) for row in table] == [
+        ({"regularisers.ewc.strength": 0.5}, 3),
+        ({"regularisers.ewc.strength": 50.0}, 3),
+    ]
+
+
 FOUR_DEVICES = """
 import json, sys
 sys.path.insert(0, "tests")

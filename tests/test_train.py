@@ -140,6 +140,48 @@ def test_split_scenarios_label_masks_and_relabelling():
         split_blobs(num_tasks=3, num_classes=4)
 
 
+def test_a_split_streams_class_order_sorted_shuffled_or_listed():
+    sorted_ = split_blobs(num_tasks=5, scenario="domain")
+    assert [t.name for t in sorted_.tasks][:2] == ["blobs[0-1]", "blobs[2-3]"]
+    # "shuffled" is van de Ven et al.'s draw: numpy seeded with the seed relabels class c as p[c]
+    # and each task takes the next two new labels.
+    # (np.random.seed(2) makes the global generator this RandomState(2).)
+    order = np.argsort(np.random.RandomState(2).permutation(10))
+    shuffled = split_blobs(num_tasks=5, scenario="domain", class_order="shuffled", class_seed=2)
+    listed = split_blobs(num_tasks=5, scenario="domain", class_order=order.tolist())
+    for stream in (shuffled, listed):
+        first = stream.tasks[0]
+        assert first.name == f"blobs[{order[0]}-{order[1]}]"
+        # Domain labels follow the order: the task's first class is 0, its second 1.
+        raw = split_blobs(num_tasks=1, scenario="class").tasks[0].train
+        keep = np.isin(raw["y"], order[:2])
+        np.testing.assert_array_equal(first.train["y"], (raw["y"][keep] == order[1]).astype(int))
+    other = split_blobs(num_tasks=5, scenario="task", class_order="shuffled", class_seed=3)
+    assert [t.name for t in other.tasks] != [t.name for t in shuffled.tasks]
+    assert other.tasks[0].label_mask.sum() == 2
+    assert set(np.flatnonzero(other.tasks[0].label_mask)) == set(other.tasks[0].train["y"])
+    with pytest.raises(ValueError, match="unknown class_order 'random'"):
+        split_blobs(class_order="random")
+    with pytest.raises(ValueError, match="exactly once"):
+        split_blobs(class_order=[0, 0, 1, 2, 3, 4, 5, 6, 7, 8])
+
+
+def test_a_shuffled_class_order_follows_the_runs_seed_unless_given_its_own():
+    config = runner.with_defaults(blobs_config(["naive"]))
+    assert config["stream"]["class_order"] is None and not runner.stream_follows_seed(config)
+    config["stream"]["class_order"] = "shuffled"
+    assert runner.stream_follows_seed(config)
+    names = {}
+    for seed in (2, 3):
+        config["seed"] = seed
+        names[seed] = [t.name for t in runner.build_stream(config).tasks]
+    order = np.argsort(np.random.RandomState(2).permutation(6))
+    assert names[2] == [f"blobs[{order[i]}-{order[i + 1]}]" for i in (0, 2, 4)] != names[3]
+    config["stream"]["class_seed"] = 2  # its own seed: the stream no longer follows the run's
+    assert not runner.stream_follows_seed(config)
+    assert [t.name for t in runner.build_stream(config).tasks] == names[2]
+
+
 def test_plan_checks_everything_before_running():
     config = blobs_config(["naive"])
     config["train"]["eval_every"] = 7
