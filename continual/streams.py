@@ -56,7 +56,7 @@ def ordered_classes(classes, class_order=None, class_seed: int = 0) -> np.ndarra
     order = np.asarray(class_order)
     if order.ndim != 1 or sorted(order.tolist()) != sorted(classes.tolist()):
         raise ValueError(
-            f"class_order {list(class_order)!r} must list each of the classes "
+            f"class_order {class_order!r} must list each of the classes "
             f"{classes.tolist()} exactly once"
         )
     return order.astype(classes.dtype)

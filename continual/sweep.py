@@ -182,33 +182,41 @@ def plan_sweep(
     names = list(runner.method_specs(config, methods))
     base_seed = config.get("seed", 0)
     all_seeds = [base_seed + s for s in range(seeds)]
-    # A stream drawn from the seed (a shuffled class order) differs between seeds, so each seed
-    # is a program of its own; otherwise all seeds share one.
-    seed_sets = [[s] for s in all_seeds] if runner.stream_follows_seed(config) else [all_seeds]
     groups = []
-    for combo, seed_set in itertools.product(itertools.product(*outer.values()), seed_sets):
+    for combo in itertools.product(*outer.values()):
         outer_values = dict(zip(outer, combo, strict=True))
-        cfg = _with(config, {**outer_values, "seed": seed_set[0]})
-        for name in names:
-            plan = runner.plan(cfg, [name])
-            if plan.methods[0].retrieval is not None:
-                raise ConfigError(
-                    f"method {name!r} retrieves facts into a reader's prompt: it runs with "
-                    "`continual run`, not in a sweep (choose the others with --method)"
-                )
-            check_continuous(cfg, name, grid, plan)
-            members = [
-                Member(name, dict(zip(grid, values, strict=True)), seed, outer_values)
-                for values in itertools.product(*grid.values())
-                for seed in seed_set
-            ]
-            names_seen = [m.name for m in members]
-            if len(set(names_seen)) != len(names_seen):
-                raise ConfigError(
-                    "two grid values print alike (6 significant digits), so two "
-                    "members would share a directory; use distinct values"
-                )
-            groups.append(Group(name, outer_values, members, cfg, plan))
+        # A stream drawn from the seed (a shuffled class order) differs between seeds, so each
+        # seed is a program of its own; otherwise all seeds share one.
+        follows = runner.stream_follows_seed(_with(config, outer_values))
+        for seed_set in [[s] for s in all_seeds] if follows else [all_seeds]:
+            groups.extend(_groups(config, names, grid, outer_values, seed_set))
+    return groups
+
+
+def _groups(config, names, grid, outer_values, seeds) -> list[Group]:
+    """One group per method for these outer values and seeds, each checked."""
+    cfg = _with(config, {**outer_values, "seed": seeds[0]})
+    groups = []
+    for name in names:
+        plan = runner.plan(cfg, [name])
+        if plan.methods[0].retrieval is not None:
+            raise ConfigError(
+                f"method {name!r} retrieves facts into a reader's prompt: it runs with "
+                "`continual run`, not in a sweep (choose the others with --method)"
+            )
+        check_continuous(cfg, name, grid, plan)
+        members = [
+            Member(name, dict(zip(grid, values, strict=True)), seed, outer_values)
+            for values in itertools.product(*grid.values())
+            for seed in seeds
+        ]
+        names_seen = [m.name for m in members]
+        if len(set(names_seen)) != len(names_seen):
+            raise ConfigError(
+                "two grid values print alike (6 significant digits), so two "
+                "members would share a directory; use distinct values"
+            )
+        groups.append(Group(name, outer_values, members, cfg, plan))
     return groups
 
 

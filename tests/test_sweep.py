@@ -129,6 +129,11 @@ def test_a_stream_drawn_from_the_seed_makes_one_program_per_seed_pooled_in_the_t
         ({"regularisers.ewc.strength": 0.5}, 3),
         ({"regularisers.ewc.strength": 50.0}, 3),
     ]
+    # As an outer value, only the shuffled order splits the seeds.
+    config["stream"]["class_order"] = None
+    outer = {"stream.class_order": [None, "shuffled"]}
+    groups = sw.plan_sweep(config, {}, 2, outer, ["naive"])
+    assert [[m.seed for m in g.members] for g in groups] == [[2, 3], [2], [3]]
 
 
 FOUR_DEVICES = """

@@ -164,6 +164,8 @@ def test_a_split_streams_class_order_sorted_shuffled_or_listed():
         split_blobs(class_order="random")
     with pytest.raises(ValueError, match="exactly once"):
         split_blobs(class_order=[0, 0, 1, 2, 3, 4, 5, 6, 7, 8])
+    with pytest.raises(ValueError, match="class_order 5 must list"):
+        split_blobs(class_order=5)
 
 
 def test_a_shuffled_class_order_follows_the_runs_seed_unless_given_its_own():
