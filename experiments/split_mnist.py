@@ -27,7 +27,7 @@ trains once on all five tasks (10,000 iterations). The tasks take the digits in 
 Published class-incremental average accuracy (20 seeds, ± SEM): None 19.89 ± 0.02, Joint
 98.17 ± 0.04, EWC 20.64 ± 0.52, SI 21.20 ± 0.57, LwF 21.89 ± 0.32, A-GEM 65.10 ± 3.64, ER
 88.79 ± 0.20. Ours, with the command that measured them and where they differ and why:
-docs/reproductions.md.
+docs/reproductions.md (A-GEM with their digit pairs, seeds 2-21: 65.69 ± 4.29).
 """
 
 # Their chosen strengths per scenario (GMvandeVen/continual-learning, params/param_values.py).
