@@ -335,8 +335,11 @@ def format_table(table: list[dict], metric: str) -> str:
 
 
 def sweep_json(groups, results, table, grid, outer, seeds) -> dict:
-    """The sweep.json document."""
+    """The sweep.json document. Its "tasks" are the members' task names, or null when they
+    differ between members (a class order drawn from the seed), each member's then in its
+    entry and its results.json."""
     first = results[0][0]
+    common = all(r.tasks == first.tasks for rs in results for r in rs)
     members = []
     for group, rs in zip(groups, results, strict=True):
         for member, r in zip(group.members, rs, strict=True):
@@ -351,10 +354,11 @@ def sweep_json(groups, results, table, grid, outer, seeds) -> dict:
                     "summary": r.summary,
                     "final": r.matrix[-1],
                     "diverged": r.diverged,
+                    **({} if common else {"tasks": r.tasks}),
                 }
             )
     return {
-        "tasks": first.tasks,
+        "tasks": first.tasks if common else None,
         "metric": first.metric,
         "higher_is_better": first.higher_is_better,
         "grid": grid,

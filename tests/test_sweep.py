@@ -129,6 +129,9 @@ def test_a_stream_drawn_from_the_seed_makes_one_program_per_seed_pooled_in_the_t
         ({"regularisers.ewc.strength": 0.5}, 3),
         ({"regularisers.ewc.strength": 50.0}, 3),
     ]
+    doc = sw.sweep_json(groups, results, table, grid, {}, 3)
+    assert doc["tasks"] is None  # they differ: each member names its own
+    assert [m["tasks"] for m in doc["members"][::2]] == [rs[0].tasks for rs in results]
     # As an outer value, only the shuffled order splits the seeds.
     config["stream"]["class_order"] = None
     outer = {"stream.class_order": [None, "shuffled"]}
