@@ -175,6 +175,7 @@ def main():
             "stream_s_repeats": [r["stream_s"] for r in rs],
         }
     naive = rows.get("naive")
+    summary = {}
     if naive:
         for row in rows.values():
             row["stream_vs_naive"] = round(row["stream_s"] / naive["stream_s"], 3)
@@ -182,7 +183,7 @@ def main():
         summary["evaluate_fraction_of_naive_stream"] = round(
             naive["evaluate_s"] / naive["stream_s"], 3
         )
-        print(json.dumps({"rows": rows, "summary": summary}, indent=1))
+    print(json.dumps({"rows": rows, "summary": summary}, indent=1))
 
 
 if __name__ == "__main__":

@@ -275,7 +275,7 @@ def _sweep(args, config: dict | None = None) -> int:
     }
     run_dir, resume = rundir.choose_shared(args, config, request, prefix="sweep-")
     primary = devices.is_primary()  # the one process that writes and prints
-    if primary:
+    if primary and groups[0].plan is not None:  # (streams drawn from the seed are not text)
         res.save_tokenizer(run_dir, groups[0].plan.stream)
     stop = rundir.StopFlag().install()
     bar = _progress(sw.total_steps(groups), args.quiet or not primary)

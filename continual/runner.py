@@ -135,10 +135,10 @@ def _call(factory, what: str, *args, **kwargs):
 
 def stream_follows_seed(config: dict) -> bool:
     """Whether the stream depends on the run's seed: a split stream with class_order "shuffled"
-    and no class_seed of its own draws its class order from `seed`, as van de Ven et al.'s
-    protocol does."""
+    and no class_seed of its own (none, or null) draws its class order from `seed`, as van de
+    Ven et al.'s protocol does."""
     spec = section(config, "stream")
-    return spec.get("class_order") == "shuffled" and "class_seed" not in spec
+    return spec.get("class_order") == "shuffled" and spec.get("class_seed") is None
 
 
 def build_stream(config: dict) -> Stream:
@@ -150,6 +150,8 @@ def build_stream(config: dict) -> Stream:
         raise ConfigError(f"unknown stream {name!r} (known: {', '.join(streams.STREAMS)})")
     if stream_follows_seed(config):
         spec["class_seed"] = number(config.get("seed", 0), "seed", 0, integer=True)
+    elif "class_seed" in spec and spec["class_seed"] is None:
+        del spec["class_seed"]  # null: the run's seed, which only a shuffled order reads
     stream = _call(streams.STREAMS[name], f"stream {name}", **spec)
     return _call(streams.train_outputs, f"stream {name}", stream, outputs)
 
@@ -344,7 +346,7 @@ def with_defaults(config: dict) -> dict:
     if isinstance(config.get("stream"), dict):
         stream = {"train_outputs": "all", **config["stream"]}
         if stream.get("name") in streams.SPLIT_STREAMS:
-            stream = {"class_order": None, **stream}
+            stream = {"class_order": None, "class_seed": None, **stream}
         out["stream"] = stream
     return out
 

@@ -40,7 +40,8 @@ def ordered_classes(classes, class_order=None, class_seed: int = 0) -> np.ndarra
     None or "sorted": ascending. "shuffled": van de Ven et al.'s draw for seed `class_seed`
     (their code seeds numpy's global generator, relabels class c as p[c] with
     p = np.random.permutation(n), and gives each task the next new labels): the classes ordered
-    by their new label. A list: that order, which must hold every class once.
+    by their new label; seed 0 keeps them sorted, as their code does (`exception=(seed==0)`).
+    A list: that order, which must hold every class once.
     """
     classes = np.asarray(classes)
     if class_order is None or (isinstance(class_order, str) and class_order == "sorted"):
@@ -51,6 +52,10 @@ def ordered_classes(classes, class_order=None, class_seed: int = 0) -> np.ndarra
                 f"unknown class_order {class_order!r}; choose one of {', '.join(CLASS_ORDERS)} "
                 "or give a list of the classes"
             )
+        if isinstance(class_seed, bool) or not isinstance(class_seed, int) or class_seed < 0:
+            raise ValueError(f"class_seed must be an integer >= 0, got {class_seed!r}")
+        if class_seed == 0:
+            return classes
         relabel = np.random.RandomState(class_seed).permutation(len(classes))
         return classes[np.argsort(relabel)]
     order = np.asarray(class_order)
@@ -349,7 +354,7 @@ def train_outputs(stream: Stream, which: str = "all") -> Stream:
     return replace(stream, tasks=tuple(tasks))
 
 
-# The streams that take `class_order` (and `class_seed`).
+# The streams that take `class_order` and `class_seed`.
 SPLIT_STREAMS = ("split_blobs", "split_mnist1d", "split")
 
 STREAMS = {

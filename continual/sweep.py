@@ -166,7 +166,8 @@ class Group:
     outer: dict[str, Any]
     members: list[Member]
     config: dict
-    plan: Any = None
+    plan: Any = None  # built again when it runs if None (one per seed would crowd memory)
+    steps: int = 0  # training steps of the program
 
 
 def plan_sweep(
@@ -189,12 +190,13 @@ def plan_sweep(
         # seed is a program of its own; otherwise all seeds share one.
         follows = runner.stream_follows_seed(_with(config, outer_values))
         for seed_set in [[s] for s in all_seeds] if follows else [all_seeds]:
-            groups.extend(_groups(config, names, grid, outer_values, seed_set))
+            groups.extend(_groups(config, names, grid, outer_values, seed_set, keep=not follows))
     return groups
 
 
-def _groups(config, names, grid, outer_values, seeds) -> list[Group]:
-    """One group per method for these outer values and seeds, each checked."""
+def _groups(config, names, grid, outer_values, seeds, keep) -> list[Group]:
+    """One group per method for these outer values and seeds, each checked; `keep`: whether
+    the groups keep their plans (their streams and data) until they run."""
     cfg = _with(config, {**outer_values, "seed": seeds[0]})
     groups = []
     for name in names:
@@ -216,7 +218,8 @@ def _groups(config, names, grid, outer_values, seeds) -> list[Group]:
                 "two grid values print alike (6 significant digits), so two "
                 "members would share a directory; use distinct values"
             )
-        groups.append(Group(name, outer_values, members, cfg, plan))
+        steps = runner.train_settings(cfg).steps * len(plan.stream.tasks)
+        groups.append(Group(name, outer_values, members, cfg, plan if keep else None, steps))
     return groups
 
 
@@ -225,7 +228,8 @@ def run_group(
 ) -> list[Results]:
     """Trains every member of a group as one vmapped program; with a `directory` it checkpoints
     there (and resumes from it), as a run does."""
-    plan, settings = group.plan, runner.train_settings(group.config)
+    plan = group.plan or runner.plan(group.config, [group.method])
+    settings = runner.train_settings(group.config)
     methods, states = [], []
     for member in group.members:
         cfg = _with(group.config, {**member.values, "seed": member.seed})
@@ -258,7 +262,7 @@ def run_group(
 
 def total_steps(groups: list[Group]) -> int:
     """Training steps over all programs (each step advances every member of a program)."""
-    return sum(runner.train_settings(g.config).steps * len(g.plan.stream.tasks) for g in groups)
+    return sum(g.steps for g in groups)
 
 
 def _mean_sem(xs: list[float]) -> tuple[float, float]:

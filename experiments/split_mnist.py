@@ -21,9 +21,9 @@ weighting does. Training reads every output in class-incremental learning, as th
 (`--active-classes all`); `--set stream.train_outputs=seen` trains over the classes seen so far
 instead (their `all-so-far`, but for LwF's zero targets on the current classes). `joint`
 trains once on all five tasks (10,000 iterations). The tasks take the digits in pairs 0-1, 2-3,
-..., 8-9; their seeds (2-21 for the paper) shuffle which digits pair up, seed by seed:
-`--set stream.class_order=shuffled` does that with the run's seed, drawn as their code draws it
-(each seed of a sweep is then a program of its own).
+..., 8-9; their seeds (2-21 for the paper) shuffle which digits pair up, seed by seed (all but
+seed 0): `--set stream.class_order=shuffled` does that with the run's seed, drawn as their code
+draws it (each seed of a sweep is then a program of its own).
 Published class-incremental average accuracy (20 seeds, ± SEM): None 19.89 ± 0.02, Joint
 98.17 ± 0.04, EWC 20.64 ± 0.52, SI 21.20 ± 0.57, LwF 21.89 ± 0.32, A-GEM 65.10 ± 3.64, ER
 88.79 ± 0.20. Ours, with the command that measured them and where they differ and why:

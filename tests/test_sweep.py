@@ -116,6 +116,8 @@ def test_a_stream_drawn_from_the_seed_makes_one_program_per_seed_pooled_in_the_t
     grid = {"regularisers.ewc.strength": [0.5, 50.0]}
     groups, results = sweep_results(config, grid, 3, "ewc")
     assert [[m.seed for m in g.members] for g in groups] == [[2, 2], [3, 3], [4, 4]]
+    # Each seed's stream and data are built again when its program runs, not all held at once.
+    assert all(g.plan is None for g in groups) and sw.total_steps(groups) == 3 * 2 * 40
     for group, rs in zip(groups, results, strict=True):
         alone = copy.deepcopy(config)
         alone["seed"] = group.members[1].seed

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from continual import runner
+from continual.config import apply_overrides
 from continual.streams import split_blobs
 from continual.train import DivergenceError
 
@@ -140,22 +141,31 @@ def test_split_scenarios_label_masks_and_relabelling():
         split_blobs(num_tasks=3, num_classes=4)
 
 
+def their_split(x, y, seed, num_tasks=5, per_task=2):
+    """van de Ven et al.'s data/load.py get_context_set for split MNIST, domain-incremental:
+    np.random.seed(seed) (a RandomState(seed)) draws p; class c becomes p[c], except at seed 0;
+    context t keeps the new labels per_task * t ..., relabelled from 0 in the domain scenario."""
+    p = np.arange(10) if seed == 0 else np.random.RandomState(seed).permutation(10)
+    new = p[y]
+    keep = [new // per_task == t for t in range(num_tasks)]
+    return [(x[k], new[k] - per_task * t) for t, k in enumerate(keep)]
+
+
 def test_a_split_streams_class_order_sorted_shuffled_or_listed():
     sorted_ = split_blobs(num_tasks=5, scenario="domain")
     assert [t.name for t in sorted_.tasks][:2] == ["blobs[0-1]", "blobs[2-3]"]
-    # "shuffled" is van de Ven et al.'s draw: numpy seeded with the seed relabels class c as p[c]
-    # and each task takes the next two new labels.
-    # (np.random.seed(2) makes the global generator this RandomState(2).)
-    order = np.argsort(np.random.RandomState(2).permutation(10))
+    raw = split_blobs(num_tasks=1, scenario="class").tasks[0].train
+    for seed in (0, 2, 5):  # "shuffled" is their draw, seed 0 included
+        ours = split_blobs(num_tasks=5, scenario="domain", class_order="shuffled", class_seed=seed)
+        for task, (x, y) in zip(ours.tasks, their_split(raw["x"], raw["y"], seed), strict=True):
+            np.testing.assert_array_equal(task.train["x"], x)
+            np.testing.assert_array_equal(task.train["y"], y)
     shuffled = split_blobs(num_tasks=5, scenario="domain", class_order="shuffled", class_seed=2)
-    listed = split_blobs(num_tasks=5, scenario="domain", class_order=order.tolist())
-    for stream in (shuffled, listed):
-        first = stream.tasks[0]
-        assert first.name == f"blobs[{order[0]}-{order[1]}]"
-        # Domain labels follow the order: the task's first class is 0, its second 1.
-        raw = split_blobs(num_tasks=1, scenario="class").tasks[0].train
-        keep = np.isin(raw["y"], order[:2])
-        np.testing.assert_array_equal(first.train["y"], (raw["y"][keep] == order[1]).astype(int))
+    order = [int(c) for t in shuffled.tasks for c in t.name[6:-1].split("-")]
+    assert order[:2] != [0, 1]  # seed 2 does shuffle, and a list gives the same stream
+    listed = split_blobs(num_tasks=5, scenario="domain", class_order=order)
+    for a, b in zip(shuffled.tasks, listed.tasks, strict=True):
+        assert a.name == b.name and np.array_equal(a.train["y"], b.train["y"])
     other = split_blobs(num_tasks=5, scenario="task", class_order="shuffled", class_seed=3)
     assert [t.name for t in other.tasks] != [t.name for t in shuffled.tasks]
     assert other.tasks[0].label_mask.sum() == 2
@@ -166,20 +176,25 @@ def test_a_split_streams_class_order_sorted_shuffled_or_listed():
         split_blobs(class_order=[0, 0, 1, 2, 3, 4, 5, 6, 7, 8])
     with pytest.raises(ValueError, match="class_order 5 must list"):
         split_blobs(class_order=5)
+    with pytest.raises(ValueError, match="class_seed must be an integer >= 0, got -1"):
+        split_blobs(class_order="shuffled", class_seed=-1)
 
 
 def test_a_shuffled_class_order_follows_the_runs_seed_unless_given_its_own():
     config = runner.with_defaults(blobs_config(["naive"]))
-    assert config["stream"]["class_order"] is None and not runner.stream_follows_seed(config)
-    config["stream"]["class_order"] = "shuffled"
+    assert config["stream"]["class_order"] is None and config["stream"]["class_seed"] is None
+    assert not runner.stream_follows_seed(config)
+    sorted_names = [t.name for t in runner.build_stream(config).tasks]
+    config = apply_overrides(config, ["stream.class_order=shuffled"])  # as --set does
     assert runner.stream_follows_seed(config)
     names = {}
-    for seed in (2, 3):
+    for seed in (0, 2, 3):
         config["seed"] = seed
         names[seed] = [t.name for t in runner.build_stream(config).tasks]
     order = np.argsort(np.random.RandomState(2).permutation(6))
     assert names[2] == [f"blobs[{order[i]}-{order[i + 1]}]" for i in (0, 2, 4)] != names[3]
-    config["stream"]["class_seed"] = 2  # its own seed: the stream no longer follows the run's
+    assert names[0] == sorted_names  # their seed 0 keeps the classes in order
+    config = apply_overrides(config, ["stream.class_seed=2"])  # its own: the run's seed is not read
     assert not runner.stream_follows_seed(config)
     assert [t.name for t in runner.build_stream(config).tasks] == names[2]
 
