@@ -28,7 +28,7 @@ Published class-incremental average accuracy (20 seeds, ± SEM): None 19.89 ± 0
 98.17 ± 0.04, EWC 20.64 ± 0.52, SI 21.20 ± 0.57, LwF 21.89 ± 0.32, A-GEM 65.10 ± 3.64, ER
 88.79 ± 0.20. Ours, with the command that measured them and where they differ and why:
 docs/reproductions.md (with their digit pairs, seeds 2-21: None 19.91 ± 0.02, Joint 98.17 ±
-0.05, SI 23.79 ± 0.83, A-GEM 65.69 ± 4.29, ER 89.32 ± 0.20; LwF, seeds 2-11, 22.11 ± 0.27).
+0.05, SI 23.79 ± 0.83, LwF 22.52 ± 0.34, A-GEM 65.69 ± 4.29, ER 89.32 ± 0.20).
 """
 
 # Their chosen strengths per scenario (GMvandeVen/continual-learning, params/param_values.py).
