@@ -219,8 +219,8 @@ def compile_lowered(lowered):
         if not unknown:
             raise
         warnings.warn(
-            f"this XLA lacks the compile option {unknown[0]}: a sweep's members may differ from "
-            "the same members run alone by rounding",
+            f"this XLA lacks the compile option {', '.join(unknown)}: a sweep's members may "
+            "differ from the same members run alone by rounding",
             stacklevel=2,
         )
         _cpu_options = {k: v for k, v in _cpu_options.items() if k not in unknown}

@@ -44,9 +44,9 @@ def ordered_classes(classes, class_order=None, class_seed: int = 0) -> np.ndarra
     A list: that order, which must hold every class once.
     """
     classes = np.asarray(classes)
-    if class_order is None or (isinstance(class_order, str) and class_order == "sorted"):
-        return classes
-    if isinstance(class_order, str):
+    if class_order is None or isinstance(class_order, str):
+        if class_order in (None, "sorted"):
+            return classes
         if class_order != "shuffled":
             raise ValueError(
                 f"unknown class_order {class_order!r}; choose one of {', '.join(CLASS_ORDERS)} "
