@@ -348,6 +348,9 @@ def with_defaults(config: dict) -> dict:
         if stream.get("name") in streams.SPLIT_STREAMS:
             stream = {"class_order": None, "class_seed": None, **stream}
         out["stream"] = stream
+    model = config.get("model")
+    if isinstance(model, dict) and model.get("name") in ("mlp", "cnn"):
+        out["model"] = {"initializer": "lecun", **model}
     return out
 
 

@@ -165,6 +165,10 @@ BAD = {
         ["run", "split_blobs", "--set", "model.widths=0"],
         "widths must be a list of positive integers",
     ),
+    "unknown initializer": (
+        ["run", "split_blobs", "--set", "model.initializer=he"],
+        "model mlp: unknown initializer 'he'",
+    ),
     "resume and overwrite": (
         ["run", "linear_toy", "--resume", "--overwrite"],
         "not allowed with argument",

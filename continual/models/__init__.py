@@ -1,6 +1,7 @@
 """Models by name; each is a Flax linen module whose params stay a plain pytree."""
 
 from continual.models.cnn import CNN
+from continual.models.inits import INITS, check_init
 from continual.models.linear import MLP, Linear
 from continual.models.transformer import Transformer
 
@@ -17,6 +18,8 @@ def make(name: str, num_outputs: int, **kwargs):
     """Builds the model called `name` with `num_outputs` output units."""
     if name == "linear":
         return Linear(features=num_outputs, **kwargs)
+    if name in ("mlp", "cnn") and "initializer" in kwargs:
+        check_init(kwargs["initializer"])
     if name == "mlp":
         widths = _positive_ints("widths", kwargs.pop("widths", (100, 100)))
         return MLP(features=num_outputs, widths=widths, **kwargs)
@@ -36,4 +39,4 @@ def make(name: str, num_outputs: int, **kwargs):
 
 
 MODELS = ("linear", "mlp", "cnn", "transformer")
-__all__ = ["CNN", "MLP", "MODELS", "Linear", "Transformer", "make"]
+__all__ = ["CNN", "INITS", "MLP", "MODELS", "Linear", "Transformer", "make"]

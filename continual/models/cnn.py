@@ -5,6 +5,8 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax
 
+from continual.models.inits import layer_inits
+
 
 class CNN(nn.Module):
     """Strided ReLU convolutions, then ReLU dense layers of `widths`, then `features` outputs.
@@ -20,6 +22,7 @@ class CNN(nn.Module):
     strides: Sequence[int] = (2, 2, 2)
     padding: int = 1
     widths: Sequence[int] = ()
+    initializer: str = "lecun"  # weight initialisation (continual.models.inits)
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -34,8 +37,13 @@ class CNN(nn.Module):
                     f"not fit its input of size {size}; use smaller kernels or fewer layers"
                 )
             pad = [(self.padding, self.padding)] * spatial
-            x = nn.relu(nn.Conv(c, (k,) * spatial, (s,) * spatial, pad, name=f"conv_{i}")(x))
+            inits = layer_inits(self.initializer, x.shape[-1] * k**spatial)
+            conv = nn.Conv(c, (k,) * spatial, (s,) * spatial, pad, name=f"conv_{i}", **inits)
+            x = nn.relu(conv(x))
         h_BxH = x.reshape(x.shape[0], -1)
         for i, width in enumerate(self.widths):
-            h_BxH = nn.relu(nn.Dense(width, name=f"hidden_{i}")(h_BxH))
-        return nn.Dense(self.features, name="out")(h_BxH)
+            inits = layer_inits(self.initializer, h_BxH.shape[-1])
+            h_BxH = nn.relu(nn.Dense(width, name=f"hidden_{i}", **inits)(h_BxH))
+        return nn.Dense(
+            self.features, name="out", **layer_inits(self.initializer, h_BxH.shape[-1])
+        )(h_BxH)

@@ -1,0 +1,56 @@
+"""Weight initialisation schemes of the MLP and CNN (continual.models.inits)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from continual import models
+
+
+def _layers(name, initializer, x, **kwargs):
+    model = models.make(name, 10, initializer=initializer, **kwargs)
+    return model.init(jax.random.key(0), x)["params"]
+
+
+def test_torch_draws_weights_and_biases_uniformly_within_one_over_root_fan_in():
+    # PyTorch's nn.Linear / nn.Conv1d default: U(-b, b), b = 1 / sqrt(fan_in), biases too.
+    mlp = _layers("mlp", "torch", jnp.zeros((1, 784)), widths=[400])
+    cnn = _layers(
+        "cnn", "torch", jnp.zeros((1, 40)), channels=[25, 25], kernels=[5, 3], strides=[2, 2]
+    )
+    fans = {
+        ("mlp", "hidden_0"): 784,
+        ("mlp", "out"): 400,
+        ("cnn", "conv_0"): 1 * 5,
+        ("cnn", "conv_1"): 25 * 3,
+    }
+    for (net, layer), fan_in in fans.items():
+        params = (mlp if net == "mlp" else cnn)[layer]
+        bound = 1 / np.sqrt(fan_in)
+        for leaf in (params["kernel"], params["bias"]):
+            leaf = np.asarray(leaf)
+            assert np.abs(leaf).max() <= bound
+            assert np.abs(leaf).max() > 0.9 * bound  # spread over the whole interval
+        kernel = np.asarray(params["kernel"])
+        np.testing.assert_allclose(kernel.std(), bound / np.sqrt(3), rtol=0.1)  # uniform's SD
+
+
+def test_glorot_is_keras_default_and_lecun_flax_default():
+    x = jnp.zeros((1, 784))
+    glorot = _layers("mlp", "glorot", x, widths=[400])["hidden_0"]
+    bound = np.sqrt(6 / (784 + 400))
+    assert np.abs(glorot["kernel"]).max() <= bound < 1.05 * np.abs(glorot["kernel"]).max()
+    assert not np.any(glorot["bias"])
+    lecun = _layers("mlp", "lecun", x, widths=[400])
+    default = models.make("mlp", 10, widths=[400]).init(jax.random.key(0), x)["params"]
+    for a, b in zip(jax.tree.leaves(lecun), jax.tree.leaves(default), strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(np.asarray(lecun["hidden_0"]["kernel"]).std(), 1 / 28, rtol=0.05)
+    assert not np.any(lecun["hidden_0"]["bias"])
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+def test_unknown_initializer_is_refused(name):
+    with pytest.raises(ValueError, match="unknown initializer 'he'; choose one of lecun"):
+        models.make(name, 3, initializer="he")
