@@ -293,10 +293,16 @@ def _sweep(args, config: dict | None = None) -> int:
                 if bar:
                     bar.update(sw.total_steps([group]))
                 continue
+            directory = run_dir / "checkpoints" / group.checkpoint_name
+            if resume and not args.allow_config_change and primary:
+                legacy = run_dir / "checkpoints" / str(i)  # earlier versions named it by index
+                if legacy.is_dir() and not directory.exists():
+                    legacy.rename(directory)  # the same config: program i is this group
+            devices.barrier(f"checkpoints {i}")
             rs = sw.run_group(
                 group,
                 on_steps=bar.update if bar else None,
-                directory=run_dir / "checkpoints" / str(i),
+                directory=directory,
                 resume=resume,
                 should_stop=stop.everywhere,
             )

@@ -11,7 +11,9 @@ loop of compiled programs, as does the choice of method.
 from __future__ import annotations
 
 import copy
+import hashlib
 import itertools
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -168,6 +170,14 @@ class Group:
     config: dict
     plan: Any = None  # built again when it runs if None (one per seed would crowd memory)
     steps: int = 0  # training steps of the program
+
+    @property
+    def checkpoint_name(self) -> str:
+        """The folder of this program's checkpoints: its method and a digest of its members'
+        names (outer values, grid values, seeds). A sweep resumed with other values
+        (--allow-config-change) so never restores one program from another's checkpoints."""
+        names = json.dumps([self.method, [m.name for m in self.members]])
+        return f"{self.method}-{hashlib.sha256(names.encode()).hexdigest()[:12]}"
 
 
 def plan_sweep(

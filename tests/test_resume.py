@@ -152,8 +152,14 @@ def test_a_killed_sweep_resumes_to_the_same_numbers(tmp_path):
     assert killed.returncode == -9, killed.stderr
     run_dir = tmp_path / "split_blobs" / "x"
     assert not (run_dir / "sweep.json").exists()
+    # Earlier versions named a program's checkpoint folder by its index: such a sweep resumes
+    # from it, under the folder's new name.
+    (folder,) = (run_dir / "checkpoints").iterdir()
+    assert folder.name.startswith("ewc-") and any(folder.iterdir())
+    folder.rename(run_dir / "checkpoints" / "0")
     done = cli(["resume", str(run_dir), "--quiet", "--no-plots"], tmp_path)
     assert done.returncode == 0, done.stderr
+    assert [p.name for p in (run_dir / "checkpoints").iterdir()] == [folder.name]
     assert sweep_members(run_dir) == sweep_members(tmp_path / "split_blobs" / "full")
 
 

@@ -173,6 +173,28 @@ def test_a_jax_without_the_compiler_options_compiles_without_them(monkeypatch):
     assert loop._cpu_options == {"xla_cpu_use_fusion_emitters": False}  # the known one stays
 
 
+def test_checkpoint_folders_name_the_program_not_its_position():
+    config = tiny_config()
+    strengths = {"regularisers.ewc.strength": [1.0, 10.0]}
+    outer = {"stream.train_per_class": [20, 30]}
+    groups = sw.plan_sweep(config, strengths, 2, outer, ["ewc", "replay"])
+    names = [g.checkpoint_name for g in groups]
+    assert len(set(names)) == 4 and all(
+        n.startswith(g.method + "-") for n, g in zip(names, groups, strict=True)
+    )
+    # The same programs in another order or another sweep keep their folders; other members
+    # (values, seeds, outer values) give other folders.
+    again = sw.plan_sweep(config, strengths, 2, {"stream.train_per_class": [30, 20]}, None)
+    assert set(names) <= {g.checkpoint_name for g in again}
+    others = [
+        sw.plan_sweep(config, {"regularisers.ewc.strength": [1.0, 99.0]}, 2, outer, ["ewc"]),
+        sw.plan_sweep(config, strengths, 3, outer, ["ewc"]),
+        sw.plan_sweep({**config, "seed": 1}, strengths, 2, outer, ["ewc"]),
+        sw.plan_sweep(config, strengths, 2, {"stream.train_per_class": [25]}, ["ewc"]),
+    ]
+    assert not {g.checkpoint_name for gs in others for g in gs} & set(names)
+
+
 def test_log_ranges_and_lists():
     assert sw.parse_values("k", "1e0:1e3:4", 1.0) == pytest.approx([1.0, 10.0, 100.0, 1000.0])
     assert sw.parse_values("k", "0,0.5,2", 1.0) == [0.0, 0.5, 2.0]
