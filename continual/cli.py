@@ -177,6 +177,7 @@ def _resume(args) -> int:
             raise ValueError("run.json or config.json lacks what a resume needs")
     except (OSError, ValueError, AttributeError) as e:
         raise ValueError(f"cannot read the run in {str(run_dir)!r}: {e}") from None
+    config = runner.with_defaults(config)  # a key added since the run was made: its default
     _enable_compilation_cache()
     if info.get("kind") == "sweep":
         for key in ("experiment", "grid", "outer", "seeds", "methods"):
@@ -297,7 +298,10 @@ def _sweep(args, config: dict | None = None) -> int:
             if resume and not args.allow_config_change and primary:
                 legacy = run_dir / "checkpoints" / str(i)  # earlier versions named it by index
                 if legacy.is_dir() and not directory.exists():
-                    legacy.rename(directory)  # the same config: program i is this group
+                    try:  # the same config: program i is this group
+                        legacy.rename(directory)
+                    except OSError as e:  # (raising here would leave the others at the barrier)
+                        print(f"warning: {e}; {group.method} starts afresh", file=sys.stderr)
             devices.barrier(f"checkpoints {i}")
             rs = sw.run_group(
                 group,

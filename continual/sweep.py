@@ -174,8 +174,9 @@ class Group:
     @property
     def checkpoint_name(self) -> str:
         """The folder of this program's checkpoints: its method and a digest of its members'
-        names (outer values, grid values, seeds). A sweep resumed with other values
-        (--allow-config-change) so never restores one program from another's checkpoints."""
+        names (outer values, grid values, seeds, in order). A sweep resumed with other such
+        values (--allow-config-change) starts the programs they change afresh instead of
+        restoring another program's state."""
         names = json.dumps([self.method, [m.name for m in self.members]])
         return f"{self.method}-{hashlib.sha256(names.encode()).hexdigest()[:12]}"
 

@@ -153,10 +153,13 @@ def test_a_killed_sweep_resumes_to_the_same_numbers(tmp_path):
     run_dir = tmp_path / "split_blobs" / "x"
     assert not (run_dir / "sweep.json").exists()
     # Earlier versions named a program's checkpoint folder by its index: such a sweep resumes
-    # from it, under the folder's new name.
+    # from it, under the folder's new name, with `continual resume`.
     (folder,) = (run_dir / "checkpoints").iterdir()
     assert folder.name.startswith("ewc-") and any(folder.iterdir())
     folder.rename(run_dir / "checkpoints" / "0")
+    config = json.loads((run_dir / "config.json").read_text())
+    del config["model"]["initializer"]  # nor had they this key: it reads as its default
+    (run_dir / "config.json").write_text(json.dumps(config))
     done = cli(["resume", str(run_dir), "--quiet", "--no-plots"], tmp_path)
     assert done.returncode == 0, done.stderr
     assert [p.name for p in (run_dir / "checkpoints").iterdir()] == [folder.name]
