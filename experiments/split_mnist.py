@@ -6,9 +6,9 @@
     continual run split_mnist --arg domain           # domain-incremental (shared 2-way head)
     continual sweep split_mnist --seeds 20 --set seed=2 --method ewc   # the paper's seeds 2-21
 
-A method's 20-seed sweep takes 25-33 minutes on 2 shared CPU cores, one program per seed; with
-`--set stream.class_order=sorted` all seeds are one program (5 seeds: 2-13 minutes). Times and
-numbers: docs/reproductions.md.
+A method's 20-seed sweep took 26-33 minutes on 2 shared CPU cores (A-GEM and LwF 25-27 per 10
+seeds), one program per seed; with `--set stream.class_order=sorted` all seeds are one program
+(5 seeds: 2-13 minutes). Times and numbers: docs/reproductions.md.
 
 MNIST (60,000 / 10,000 images; obtained without a download where needed, see README) in five
 tasks of two digits; MLP 784-400-400-10 (ReLU), Adam lr 1e-3 (moments not reset), minibatches
