@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax
 
 from continual.models.inits import layer_inits
+from continual.models.linear import dense_stack
 
 
 class CNN(nn.Module):
@@ -40,10 +41,4 @@ class CNN(nn.Module):
             inits = layer_inits(self.initializer, x.shape[-1] * k**spatial)
             conv = nn.Conv(c, (k,) * spatial, (s,) * spatial, pad, name=f"conv_{i}", **inits)
             x = nn.relu(conv(x))
-        h_BxH = x.reshape(x.shape[0], -1)
-        for i, width in enumerate(self.widths):
-            inits = layer_inits(self.initializer, h_BxH.shape[-1])
-            h_BxH = nn.relu(nn.Dense(width, name=f"hidden_{i}", **inits)(h_BxH))
-        return nn.Dense(
-            self.features, name="out", **layer_inits(self.initializer, h_BxH.shape[-1])
-        )(h_BxH)
+        return dense_stack(x.reshape(x.shape[0], -1), self.widths, self.features, self.initializer)

@@ -30,10 +30,15 @@ class MLP(nn.Module):
 
     @nn.compact
     def __call__(self, x_BxD: jax.Array) -> jax.Array:
-        h_BxH = x_BxD.reshape(x_BxD.shape[0], -1)
-        for i, width in enumerate(self.widths):
-            inits = layer_inits(self.initializer, h_BxH.shape[-1])
-            h_BxH = nn.relu(nn.Dense(width, name=f"hidden_{i}", **inits)(h_BxH))
-        return nn.Dense(
-            self.features, name="out", **layer_inits(self.initializer, h_BxH.shape[-1])
-        )(h_BxH)
+        return dense_stack(
+            x_BxD.reshape(x_BxD.shape[0], -1), self.widths, self.features, self.initializer
+        )
+
+
+def dense_stack(h_BxH, widths, features: int, initializer: str) -> jax.Array:
+    """ReLU dense layers `hidden_i` of `widths`, then a linear read-out `out` of `features`;
+    called inside a compact module (the MLP, the CNN's head), whose parameters they become."""
+    for i, width in enumerate(widths):
+        inits = layer_inits(initializer, h_BxH.shape[-1])
+        h_BxH = nn.relu(nn.Dense(width, name=f"hidden_{i}", **inits)(h_BxH))
+    return nn.Dense(features, name="out", **layer_inits(initializer, h_BxH.shape[-1]))(h_BxH)
