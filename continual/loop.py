@@ -44,6 +44,7 @@ class Settings(NamedTuple):
     record_params: bool = False
     reset_per_task: bool = False
     evaluate: str = "all"  # "all": every task, and before training; "seen": tasks 0..row only
+    sampling: str = "uniform"  # minibatches: "uniform" with replacement, "shuffle" by epochs
 
 
 EVALUATE = ("all", "seen")
@@ -61,7 +62,8 @@ class Program(NamedTuple):
     data: TaskData  # what it trains on: the stream's tasks, or their union for `joint`
     train: TaskData  # the stream's training and test splits, on the devices
     test: TaskData
-    chunk: Any  # (states, data, test, task, trainable) -> (states, losses (M, S), metric (M, T))
+    # (states, data, test, task, trainable, first step) -> (states, losses (M, S), metric (M, T))
+    chunk: Any
     finish: Any  # (states, train, task) -> (states, probe outputs (M, ...))
     evaluate: Any  # (params, test, upto) -> metric (M, T); upto (int32) is used when "seen"
     # (name, evaluate, higher_is_better) of the second reading (see _view)
@@ -98,6 +100,7 @@ def member_functions(
         settings.eval_every,
         batch_sharding,
         seen_only(method, settings),
+        settings.sampling,
     )
     return chunk, finish_task(method, settings.reset_per_task, probes)
 
@@ -143,7 +146,7 @@ def compile_program(
     t0 = time.perf_counter()
     split = batch_sharding(sharding, settings.batch_size)
     chunk, finish = member_functions(method, settings, probes, split)
-    chunk = jax.vmap(chunk, in_axes=(0, None, None, None, None))
+    chunk = jax.vmap(chunk, in_axes=(0, None, None, None, None, None))
     finish = jax.vmap(finish, in_axes=(0, None, None))
     if shared is None:
         seen = settings.evaluate == "seen"
@@ -154,7 +157,7 @@ def compile_program(
     else:
         evaluate, view = shared.evaluate, shared.view
     jit = functools.partial(jax.jit, donate_argnums=0, out_shardings=sharding)
-    chunk = jit(chunk).lower(states, data, test, task0, trainable)
+    chunk = jit(chunk).lower(states, data, test, task0, trainable, task0)
     finish = jit(finish).lower(states, train, task0)
     program = Program(
         data,
@@ -337,8 +340,9 @@ def run_program(
         params0 = jax.tree.map(lambda a: a[0], states.params)
         trainable = trainable_mask(params0, method.freeze, row > 0)
         while p.chunk < num_chunks:
+            start = jnp.int32(p.chunk * settings.eval_every)
             states, losses, values = program.chunk(
-                states, program.data, test, jnp.int32(row), trainable
+                states, program.data, test, jnp.int32(row), trainable, start
             )
             losses, values = to_host((losses, values))
             losses = losses[:m]

@@ -35,7 +35,7 @@ from continual.regularisers import (
     replay,
     si,
 )
-from continual.train import init_state, make_optimizer
+from continual.train import SAMPLING, init_state, make_optimizer
 from continual.types import Results, Stream, TaskData, TrainState, as_inputs, stack_tasks
 
 METHOD_KEYS = {"use": list, "joint": bool, "freeze": list, "retrieval": dict}
@@ -276,7 +276,9 @@ def train_settings(config: dict) -> Settings:
 
     train.evaluate: "all" (default) evaluates every task before training and after every
     chunk; "seen" only tasks 0..t while training task t (none before training, so FWT is
-    undefined; the joint baseline still evaluates every task).
+    undefined; the joint baseline still evaluates every task). train.sampling: "uniform"
+    (default) draws minibatches with replacement, "shuffle" by epochs without replacement
+    (continual.train.make_chunk).
     """
     t = section(config, "train")
     steps = number(t.get("steps"), "train.steps", 1, integer=True)
@@ -290,8 +292,27 @@ def train_settings(config: dict) -> Settings:
         raise ConfigError(
             f"train.evaluate must be one of {', '.join(map(repr, EVALUATE))}, got {evaluate!r}"
         )
+    sampling = t.get("sampling", "uniform")
+    if sampling not in SAMPLING:
+        raise ConfigError(
+            f"train.sampling must be one of {', '.join(map(repr, SAMPLING))}, got {sampling!r}"
+        )
+    if sampling == "shuffle" and batch == 0:
+        raise ConfigError("train.sampling 'shuffle' needs train.batch_size > 0 (0: whole task)")
     record = bool(t.get("record_params", False))
-    return Settings(steps, every, batch, record, bool(reset), evaluate)
+    return Settings(steps, every, batch, record, bool(reset), evaluate, sampling)
+
+
+def check_epochs(settings: Settings, stream: Stream) -> None:
+    """With sampling "shuffle" every task must hold at least one minibatch."""
+    if settings.sampling != "shuffle":
+        return
+    n, name = min((len(t.train["y"]), t.name) for t in stream.tasks)
+    if n < settings.batch_size:
+        raise ConfigError(
+            f"train.sampling 'shuffle': task {name!r} has {n} training examples, fewer than "
+            f"train.batch_size ({settings.batch_size}), so an epoch holds no minibatch"
+        )
 
 
 @dataclass
@@ -319,9 +340,10 @@ class Plan:
 def plan(config: dict, selected: list[str] | None = None) -> Plan:
     """Checks the whole config and builds every part; nothing is trained or written yet."""
     seed = number(config.get("seed", 0), "seed", 0, integer=True)
-    train_settings(config)
+    settings = train_settings(config)
     checkpoint_settings(config)
     stream = build_stream(config)
+    check_epochs(settings, stream)
     train, test = stack_tasks(stream.tasks, "train"), stack_tasks(stream.tasks, "test")
     init_key, run_key = jax.random.split(jax.random.key(seed))
     methods = [
@@ -342,7 +364,7 @@ def with_defaults(config: dict) -> dict:
     out = dict(config)
     out["checkpoint"] = {**CHECKPOINT_DEFAULTS, **config.get("checkpoint", {})}
     if isinstance(config.get("train"), dict):
-        out["train"] = {"evaluate": "all", **config["train"]}
+        out["train"] = {"evaluate": "all", "sampling": "uniform", **config["train"]}
     if isinstance(config.get("stream"), dict):
         stream = {"train_outputs": "all", **config["stream"]}
         if stream.get("name") in streams.SPLIT_STREAMS:

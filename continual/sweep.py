@@ -130,7 +130,7 @@ def _program_text(method, plan, settings) -> str:
     trainable = trainable_mask(state.params, method.freeze, False)
     chunk, finish = member_functions(method, settings, probe_inputs(plan.stream))
     task0 = jnp.int32(0)
-    return str(jax.make_jaxpr(chunk)(state, plan.train, plan.test, task0, trainable)) + str(
+    return str(jax.make_jaxpr(chunk)(state, plan.train, plan.test, task0, trainable, task0)) + str(
         jax.make_jaxpr(finish)(state, plan.train, task0)
     )
 

@@ -53,11 +53,22 @@ def init_state(params, optimizer, regulariser: Regulariser, key) -> TrainState:
     )
 
 
+SAMPLING = ("uniform", "shuffle")
+
+
 def sample_batch(data: TaskData, task, key, batch_size: int) -> dict:
     """`batch_size` examples of `task`, drawn uniformly with replacement; 0 means all of them."""
     if batch_size == 0:
         return data.task_batch(task)
     return data.sample(task, jax.random.randint(key, (batch_size,), 0, data.n[task]))
+
+
+def epoch_order(data: TaskData, task, key, epoch) -> jax.Array:
+    """Task `task`'s example indices in the random order of epoch `epoch` (a new order every
+    epoch, each a function of `key`, `task` and `epoch` only); padding sorts last."""
+    size = data.ref.shape[1]
+    u = jax.random.uniform(jax.random.fold_in(jax.random.fold_in(key, task), epoch), (size,))
+    return jnp.argsort(jnp.where(jnp.arange(size) < data.n[task], u, 2.0))
 
 
 def make_train_step(objective: Objective, optimizer, regulariser: Regulariser) -> Callable:
@@ -95,10 +106,18 @@ def make_chunk(
     num_steps: int,
     batch_sharding=None,
     seen_only: bool = False,
+    sampling: str = "uniform",
 ) -> Callable:
-    """Returns the pure chunk(state, train, test, task, trainable) -> (state, losses, values):
-    `num_steps` steps on task `task` as one lax.scan, then the metric on every task's test split
-    (with `seen_only`, on tasks 0..task only; the others are NaN and cost nothing).
+    """Returns the pure chunk(state, train, test, task, trainable, start) -> (state, losses,
+    values): `num_steps` steps on task `task` as one lax.scan, the first of them the task's step
+    `start`, then the metric on every task's test split (with `seen_only`, on tasks 0..task
+    only; the others are NaN and cost nothing).
+
+    `sampling` "uniform" draws every minibatch uniformly with replacement; "shuffle" goes
+    through the task in epochs, each a new random order cut into n // batch_size minibatches
+    (the last n mod batch_size examples of an order are left out, as PyTorch's
+    `DataLoader(shuffle=True, drop_last=True)` does). An epoch's order depends only on the key,
+    task and epoch, so a chunk (or a resumed run) starting mid-epoch continues it.
 
     With a `batch_sharding` (a jax.sharding.Sharding of the example axis) every sampled batch is
     laid out that way: data parallel, XLA sums the gradients over the devices.
@@ -108,10 +127,32 @@ def make_chunk(
     """
     step = make_train_step(objective, optimizer, regulariser)
 
-    def chunk(state: TrainState, train: TaskData, test: TaskData, task, trainable):
-        def body(s, _):
-            key = jax.random.fold_in(jax.random.fold_in(s.key, 2), s.step)
-            batch = sample_batch(train, task, key, batch_size)
+    if sampling not in SAMPLING:
+        raise ValueError(f"unknown sampling {sampling!r}; choose one of {', '.join(SAMPLING)}")
+    shuffle = sampling == "shuffle"
+    if shuffle and batch_size == 0:
+        raise ValueError("sampling 'shuffle' needs batch_size > 0")
+
+    def chunk(state: TrainState, train: TaskData, test: TaskData, task, trainable, start):
+        order_key = jax.random.fold_in(state.key, 3)
+        per_epoch = train.n[task] // batch_size if shuffle else None
+
+        def draw(s, order, t):
+            if not shuffle:
+                key = jax.random.fold_in(jax.random.fold_in(s.key, 2), s.step)
+                return sample_batch(train, task, key, batch_size), order
+            epoch, pos = jnp.divmod(t, per_epoch)
+            order = jax.lax.cond(
+                (pos == 0) & (t > start),
+                lambda: epoch_order(train, task, order_key, epoch),
+                lambda: order,
+            )
+            idx = jax.lax.dynamic_slice_in_dim(order, pos * batch_size, batch_size)
+            return train.sample(task, idx), order
+
+        def body(carry, t):
+            s, order = carry
+            batch, order = draw(s, order, t)
             if batch_sharding is not None:
                 batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
             new, metrics = step(s, batch, trainable)
@@ -122,9 +163,11 @@ def make_chunk(
             kept = jax.tree.map(
                 lambda n, o: jnp.where(ok, n, o), new._replace(key=None), s._replace(key=None)
             )
-            return kept._replace(key=s.key), jnp.where(ok, loss, jnp.nan)
+            return (kept._replace(key=s.key), order), jnp.where(ok, loss, jnp.nan)
 
-        state, losses = jax.lax.scan(body, state, None, length=num_steps)
+        order = epoch_order(train, task, order_key, start // per_epoch) if shuffle else None
+        steps = start + jnp.arange(num_steps, dtype=jnp.int32)
+        (state, _), losses = jax.lax.scan(body, (state, order), steps)
         upto = task if seen_only else None
         return state, losses, evaluate_tasks(objective, state.params, test, upto)
 
