@@ -149,12 +149,11 @@ def _enable_compilation_cache() -> None:
 
 def _run(args) -> int:
     from continual import runner
-    from continual.config import apply_overrides, load_experiment
+    from continual.config import load_experiment
 
     _enable_compilation_cache()
     module = load_experiment(args.experiment)
-    config = runner.with_defaults(module.get_config(args.arg))
-    config = apply_overrides(config, args.overrides)
+    config = runner.configure(module.get_config(args.arg), args.overrides)
     plan = runner.plan(config, args.methods)
     request = {"experiment": args.experiment, "methods": [m.name for m in plan.methods]}
     run_dir, resume = rundir.choose(args, config, request)
@@ -256,13 +255,12 @@ def _sweep(args, config: dict | None = None) -> int:
     from continual import plots, runner
     from continual import results as res
     from continual import sweep as sw
-    from continual.config import apply_overrides, load_experiment
+    from continual.config import load_experiment
     from continual.loop import Interrupted
 
     if config is None:
         module = load_experiment(args.experiment)
-        config = runner.with_defaults(module.get_config(args.arg))
-        config = apply_overrides(config, args.overrides)
+        config = runner.configure(module.get_config(args.arg), args.overrides)
     grid = sw.parse_axes(config, args.grid, "--grid")
     outer = sw.parse_axes(config, args.outer, "--outer")
     groups = sw.plan_sweep(config, grid, args.seeds, outer, args.methods)

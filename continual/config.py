@@ -69,15 +69,20 @@ def parse_value(text: str, current: Any, key: str) -> Any:
         return text
 
 
-def apply_overrides(config: dict, overrides: list[str]) -> dict:
-    """A copy of `config` with every "dotted.key=value" override applied."""
+def apply_overrides(config: dict, overrides: list[str], defaults: dict | None = None) -> dict:
+    """A copy of `config` with every "dotted.key=value" override applied. A key missing from
+    `config` but present in `defaults` (a config of the same shape) is taken from there first."""
     config = copy.deepcopy(config)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value")
         key, text = item.split("=", 1)
-        node, parts = config, key.split(".")
+        node, known, parts = config, defaults, key.split(".")
         for i, part in enumerate(parts):
+            if isinstance(node, dict) and part not in node and isinstance(known, dict):
+                if part in known:
+                    node[part] = copy.deepcopy(known[part])
+            known = known.get(part) if isinstance(known, dict) else None
             if not isinstance(node, dict) or part not in node:
                 where = ".".join(parts[:i]) or "the top level"
                 known = ", ".join(node) if isinstance(node, dict) else "none"

@@ -19,7 +19,7 @@ import numpy as np
 
 from continual import knowledge, models, streams
 from continual.checkpoint import CHECKPOINT_DEFAULTS, checkpoint_settings, checkpointing
-from continual.config import ConfigError, number, section
+from continual.config import ConfigError, apply_overrides, number, section
 from continual.loop import EVALUATE, Settings, compile_program, run_program
 from continual.losses import LIKELIHOODS, Objective
 from continual.regularisers import (
@@ -359,8 +359,15 @@ def initial_state(method: Method, key) -> TrainState:
     return jax.tree.map(lambda a: a[None], state)
 
 
+def configure(config: dict, overrides: list[str]) -> dict:
+    """An experiment's config with `overrides` ("dotted.key=value", as --set gives them) applied
+    and every optional key present. A default that depends on another key (an MLP's
+    initializer) follows that key's overridden value."""
+    return with_defaults(apply_overrides(config, overrides, with_defaults(config)))
+
+
 def with_defaults(config: dict) -> dict:
-    """The config with every optional section present (so that --set can reach its keys)."""
+    """The config with every optional key present (so that --set can reach it)."""
     out = dict(config)
     out["checkpoint"] = {**CHECKPOINT_DEFAULTS, **config.get("checkpoint", {})}
     if isinstance(config.get("train"), dict):

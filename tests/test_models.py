@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from continual import models
+from continual import models, runner
+from continual.config import load_experiment
 
 
 def _layers(name, initializer, x, **kwargs):
@@ -54,3 +55,13 @@ def test_glorot_is_keras_default_and_lecun_flax_default():
 def test_unknown_initializer_is_refused(name):
     with pytest.raises(ValueError, match="unknown initializer 'he'; choose one of lecun"):
         models.make(name, 3, initializer="he")
+
+
+def test_the_initializer_default_follows_an_overridden_model_name():
+    config = load_experiment("split_blobs").get_config()
+    config["model"] = {"name": "mlp"}
+    assert runner.configure(config, [])["model"] == {"name": "mlp", "initializer": "lecun"}
+    assert runner.configure(config, ["model.name=linear"])["model"] == {"name": "linear"}
+    runner.plan(runner.configure(config, ["model.name=linear"]))  # no stray initializer
+    torch = runner.configure(config, ["model.initializer=torch"])["model"]
+    assert torch == {"name": "mlp", "initializer": "torch"}
