@@ -364,7 +364,6 @@ def run_retrieval(plan, method, settings, folder: Path | None, resume, on_steps,
     settings = settings._replace(steps=steps, record_params=False)
     task = method.retrieval["reader"]
     reader = Stream("reader", (task,), "domain", stream.likelihood, stream.num_outputs)
-    runner.check_epochs(settings, reader)
     train, test = stack_tasks(reader.tasks, "train"), stack_tasks(reader.tasks, "test")
     state = runner.initial_state(method, plan.key)
     program, states = compile_program(method, state, reader, train, test, settings)

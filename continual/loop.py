@@ -62,7 +62,8 @@ class Program(NamedTuple):
     data: TaskData  # what it trains on: the stream's tasks, or their union for `joint`
     train: TaskData  # the stream's training and test splits, on the devices
     test: TaskData
-    # (states, data, test, task, trainable, first step) -> (states, losses (M, S), metric (M, T))
+    # (states, data, test, task, trainable, task's step, run's step) -> (states, losses (M, S),
+    # metric (M, T))
     chunk: Any
     finish: Any  # (states, train, task) -> (states, probe outputs (M, ...))
     evaluate: Any  # (params, test, upto) -> metric (M, T); upto (int32) is used when "seen"
@@ -146,7 +147,7 @@ def compile_program(
     t0 = time.perf_counter()
     split = batch_sharding(sharding, settings.batch_size)
     chunk, finish = member_functions(method, settings, probes, split)
-    chunk = jax.vmap(chunk, in_axes=(0, None, None, None, None, None))
+    chunk = jax.vmap(chunk, in_axes=(0, None, None, None, None, None, None))
     finish = jax.vmap(finish, in_axes=(0, None, None))
     if shared is None:
         seen = settings.evaluate == "seen"
@@ -157,7 +158,7 @@ def compile_program(
     else:
         evaluate, view = shared.evaluate, shared.view
     jit = functools.partial(jax.jit, donate_argnums=0, out_shardings=sharding)
-    chunk = jit(chunk).lower(states, data, test, task0, trainable, task0)
+    chunk = jit(chunk).lower(states, data, test, task0, trainable, task0, task0)
     finish = jit(finish).lower(states, train, task0)
     program = Program(
         data,
@@ -342,7 +343,7 @@ def run_program(
         while p.chunk < num_chunks:
             start = jnp.int32(p.chunk * settings.eval_every)
             states, losses, values = program.chunk(
-                states, program.data, test, jnp.int32(row), trainable, start
+                states, program.data, test, jnp.int32(row), trainable, start, jnp.int32(p.step)
             )
             losses, values = to_host((losses, values))
             losses = losses[:m]

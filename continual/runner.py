@@ -303,11 +303,11 @@ def train_settings(config: dict) -> Settings:
     return Settings(steps, every, batch, record, bool(reset), evaluate, sampling)
 
 
-def check_epochs(settings: Settings, stream: Stream) -> None:
+def check_epochs(settings: Settings, tasks) -> None:
     """With sampling "shuffle" every task must hold at least one minibatch."""
     if settings.sampling != "shuffle":
         return
-    n, name = min((len(t.train["y"]), t.name) for t in stream.tasks)
+    n, name = min((len(t.train["y"]), t.name) for t in tasks)
     if n < settings.batch_size:
         raise ConfigError(
             f"train.sampling 'shuffle': task {name!r} has {n} training examples, fewer than "
@@ -343,13 +343,16 @@ def plan(config: dict, selected: list[str] | None = None) -> Plan:
     settings = train_settings(config)
     checkpoint_settings(config)
     stream = build_stream(config)
-    check_epochs(settings, stream)
+    check_epochs(settings, stream.tasks)
     train, test = stack_tasks(stream.tasks, "train"), stack_tasks(stream.tasks, "test")
     init_key, run_key = jax.random.split(jax.random.key(seed))
     methods = [
         build_method(name, spec, config, stream, train, init_key)
         for name, spec in method_specs(config, selected).items()
     ]
+    for m in methods:
+        if m.retrieval is not None:  # its reader trains on a task of its own
+            check_epochs(settings, [m.retrieval["reader"]])
     return Plan(config, stream, train, test, methods, run_key)
 
 

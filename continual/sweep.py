@@ -129,10 +129,9 @@ def _program_text(method, plan, settings) -> str:
     state = jax.tree.map(lambda a: a[0], state)
     trainable = trainable_mask(state.params, method.freeze, False)
     chunk, finish = member_functions(method, settings, probe_inputs(plan.stream))
-    task0 = jnp.int32(0)
-    return str(jax.make_jaxpr(chunk)(state, plan.train, plan.test, task0, trainable, task0)) + str(
-        jax.make_jaxpr(finish)(state, plan.train, task0)
-    )
+    zero = jnp.int32(0)
+    chunk_text = jax.make_jaxpr(chunk)(state, plan.train, plan.test, zero, trainable, zero, zero)
+    return str(chunk_text) + str(jax.make_jaxpr(finish)(state, plan.train, zero))
 
 
 def check_continuous(config: dict, method_name: str, grid: dict[str, list], plan) -> None:

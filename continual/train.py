@@ -67,8 +67,11 @@ def epoch_order(data: TaskData, task, key, epoch) -> jax.Array:
     """Task `task`'s example indices in the random order of epoch `epoch` (a new order every
     epoch, each a function of `key`, `task` and `epoch` only); padding sorts last."""
     size = data.ref.shape[1]
-    u = jax.random.uniform(jax.random.fold_in(jax.random.fold_in(key, task), epoch), (size,))
-    return jnp.argsort(jnp.where(jnp.arange(size) < data.n[task], u, 2.0))
+    key = jax.random.fold_in(jax.random.fold_in(key, task), epoch)
+    # 31 random bits per example (a tie, which keeps two examples in place, is rare at any
+    # dataset size), and padding above them all.
+    bits = jax.random.bits(key, (size,), jnp.uint32) >> 1
+    return jnp.argsort(jnp.where(jnp.arange(size) < data.n[task], bits, jnp.uint32(2**32 - 1)))
 
 
 def make_train_step(objective: Objective, optimizer, regulariser: Regulariser) -> Callable:
@@ -108,10 +111,10 @@ def make_chunk(
     seen_only: bool = False,
     sampling: str = "uniform",
 ) -> Callable:
-    """Returns the pure chunk(state, train, test, task, trainable, start) -> (state, losses,
-    values): `num_steps` steps on task `task` as one lax.scan, the first of them the task's step
-    `start`, then the metric on every task's test split (with `seen_only`, on tasks 0..task
-    only; the others are NaN and cost nothing).
+    """Returns the pure chunk(state, train, test, task, trainable, start, done) -> (state,
+    losses, values): `num_steps` steps on task `task` as one lax.scan, the first of them the
+    task's step `start` and the run's step `done`, then the metric on every task's test split
+    (with `seen_only`, on tasks 0..task only; the others are NaN and cost nothing).
 
     `sampling` "uniform" draws every minibatch uniformly with replacement; "shuffle" goes
     through the task in epochs, each a new random order cut into n // batch_size minibatches
@@ -123,7 +126,8 @@ def make_chunk(
     laid out that way: data parallel, XLA sums the gradients over the devices.
 
     A step whose loss or new parameters are not finite is not applied and reports a NaN loss:
-    the state stays frozen at its last finite values (in a sweep, other members go on).
+    the state stays frozen at its last finite values for the rest of the run (its step count
+    falls behind `done`, and no later step is applied); in a sweep, other members go on.
     """
     step = make_train_step(objective, optimizer, regulariser)
 
@@ -133,7 +137,7 @@ def make_chunk(
     if shuffle and batch_size == 0:
         raise ValueError("sampling 'shuffle' needs batch_size > 0")
 
-    def chunk(state: TrainState, train: TaskData, test: TaskData, task, trainable, start):
+    def chunk(state: TrainState, train: TaskData, test: TaskData, task, trainable, start, done):
         order_key = jax.random.fold_in(state.key, 3)
         per_epoch = train.n[task] // batch_size if shuffle else None
 
@@ -150,15 +154,15 @@ def make_chunk(
             idx = jax.lax.dynamic_slice_in_dim(order, pos * batch_size, batch_size)
             return train.sample(task, idx), order
 
-        def body(carry, t):
+        def body(carry, k):
             s, order = carry
-            batch, order = draw(s, order, t)
+            batch, order = draw(s, order, start + k)
             if batch_sharding is not None:
                 batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
             new, metrics = step(s, batch, trainable)
             loss = metrics["loss"] + metrics["penalty"]
             finite = [jnp.isfinite(p).all() for p in jax.tree.leaves(new.params)]
-            ok = jnp.stack([jnp.isfinite(loss), *finite]).all()
+            ok = jnp.stack([jnp.isfinite(loss), *finite, s.step == done + k]).all()
             # Every field but the key (which a step never changes) is kept or rolled back.
             kept = jax.tree.map(
                 lambda n, o: jnp.where(ok, n, o), new._replace(key=None), s._replace(key=None)
@@ -166,7 +170,7 @@ def make_chunk(
             return (kept._replace(key=s.key), order), jnp.where(ok, loss, jnp.nan)
 
         order = epoch_order(train, task, order_key, start // per_epoch) if shuffle else None
-        steps = start + jnp.arange(num_steps, dtype=jnp.int32)
+        steps = jnp.arange(num_steps, dtype=jnp.int32)
         (state, _), losses = jax.lax.scan(body, (state, order), steps)
         upto = task if seen_only else None
         return state, losses, evaluate_tasks(objective, state.params, test, upto)

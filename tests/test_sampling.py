@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from continual import runner
-from continual.config import ConfigError, apply_overrides
+from continual.config import ConfigError
 from continual.regularisers.base import regulariser
 from continual.train import epoch_order, init_state, make_chunk
 
@@ -25,11 +25,12 @@ def counting():
     return regulariser("counting", lambda params: jnp.zeros(17), observe=observe)
 
 
-def chunks(sampling, batch_size, num_steps):
-    """The plan of TASKS and a jitted chunk of `num_steps` that counts the examples it uses."""
+def chunks(sampling, batch_size, num_steps, reg=None):
+    """The plan of TASKS and a jitted chunk of `num_steps` (with `reg`, by default one that
+    counts the examples it uses): go(state, task, start, done) -> (state, losses)."""
     plan = runner.plan(toy_config(tasks=TASKS, steps=40, methods=["naive"]))
     method = plan.methods[0]
-    reg = counting()
+    reg = reg or counting()
     state = init_state(method.params, method.optimizer, reg, jax.random.key(3))
     chunk = make_chunk(
         method.objective, method.optimizer, reg, batch_size, num_steps, sampling=sampling
@@ -37,13 +38,14 @@ def chunks(sampling, batch_size, num_steps):
     trainable = jax.tree.map(lambda a: jnp.float32(1), method.params)
     test = plan.test
 
-    def go(state, task, start):
-        state, _, _ = jax.jit(chunk)(
-            state, plan.train, test, jnp.int32(task), trainable, jnp.int32(start)
+    def go(state, task, start, done=None):
+        done = state.step if done is None else jnp.int32(done)  # no step rejected before
+        state, losses, _ = jax.jit(chunk)(
+            state, plan.train, test, jnp.int32(task), trainable, jnp.int32(start), done
         )
-        return state
+        return state, np.asarray(losses)
 
-    return plan, state, go
+    return plan, state, lambda *args: go(*args)[0], go
 
 
 def observe_counts(state):
@@ -51,7 +53,7 @@ def observe_counts(state):
 
 
 def test_shuffle_uses_every_example_once_per_epoch_and_drops_the_remainder():
-    _, state, go = chunks("shuffle", batch_size=3, num_steps=3)  # task A: 3 batches, 1 left
+    _, state, go, _ = chunks("shuffle", batch_size=3, num_steps=3)  # task A: 3 batches, 1 left
     before, left_out = observe_counts(state), []
     for epoch in range(4):
         state = go(state, 0, 3 * epoch)
@@ -61,29 +63,49 @@ def test_shuffle_uses_every_example_once_per_epoch_and_drops_the_remainder():
         assert not seen[10:].any()
         left_out.append(int(np.argmin(seen[:10])))
     assert len(set(left_out)) > 1  # a new order every epoch
-    # Task B (7 examples, padded to 10): 2 batches an epoch, never a padding slot; 3 steps are
-    # one epoch and a batch of the next.
-    state = go(state, 1, 0)
-    seen = observe_counts(state) - before
-    assert not seen[:10].any() and seen[10:].sum() == 9 and seen[10:].max() <= 2
+    # Task B (7 examples, padded to 10): 2 batches an epoch, never a padding slot.
+    _, state, go, _ = chunks("shuffle", batch_size=3, num_steps=2)
+    before = observe_counts(state)
+    for epoch in range(3):
+        state = go(state, 1, 2 * epoch)
+        seen = observe_counts(state) - before
+        before = observe_counts(state)
+        assert not seen[:10].any() and seen[10:].sum() == 6 and seen[10:].max() == 1
 
 
 def test_uniform_draws_with_replacement():
-    _, state, go = chunks("uniform", batch_size=3, num_steps=30)
+    _, state, go, _ = chunks("uniform", batch_size=3, num_steps=30)
     seen = observe_counts(go(state, 0, 0))
     assert seen.sum() == 90 and seen[:10].all() and not seen[10:].any()
     assert seen.max() > 9  # 30 batches of 3 over 10 examples: not 9 each as epochs would give
 
 
 def test_a_chunk_starting_mid_epoch_continues_that_epoch():
-    _, state, whole = chunks("shuffle", batch_size=4, num_steps=5)
-    _, _, first = chunks("shuffle", batch_size=4, num_steps=2)
-    _, _, rest = chunks("shuffle", batch_size=4, num_steps=3)
+    _, state, whole, _ = chunks("shuffle", batch_size=4, num_steps=5)
+    _, _, first, _ = chunks("shuffle", batch_size=4, num_steps=2)
+    _, _, rest, _ = chunks("shuffle", batch_size=4, num_steps=3)
     once = whole(state, 0, 0)._replace(key=None)
     twice = rest(first(state, 0, 0), 0, 2)._replace(key=None)
     assert observe_counts(once).sum() == 20
     for a, b in zip(jax.tree.leaves(once), jax.tree.leaves(twice), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("sampling", ["uniform", "shuffle"])
+def test_a_member_stays_frozen_after_its_first_non_finite_step(sampling):
+    # A penalty that is NaN whenever example 0 is in the batch: the first such step freezes
+    # the member for good, though later batches (a new epoch's) would be finite.
+    def penalty(params, state, batch, key):
+        return jnp.where((batch["x"][:, 0] == 0).any(), jnp.nan, 0.0), {}
+
+    nan_on_0 = regulariser("nan_on_0", lambda params: (), penalty=penalty)
+    _, state, _, go = chunks(sampling, batch_size=3, num_steps=12, reg=nan_on_0)
+    state, losses = go(state, 0, 0, 0)
+    first = int(np.argmax(np.isnan(losses)))
+    assert np.isnan(losses[first:]).all() and np.isfinite(losses[:first]).all()
+    assert int(state.step) == first
+    state, losses = go(state, 0, 12, 12)  # the next chunk: still frozen
+    assert np.isnan(losses).all() and int(state.step) == first
 
 
 def test_epoch_order_is_a_permutation_of_the_valid_examples():
@@ -121,6 +143,6 @@ def test_a_run_in_chunks_equals_one_chunk_per_task():
     ],
 )
 def test_bad_sampling_is_refused_before_anything_runs(overrides, message):
-    config = runner.with_defaults(toy_config(tasks=TASKS, steps=40, methods=["naive"]))
+    config = toy_config(tasks=TASKS, steps=40, methods=["naive"])
     with pytest.raises(ConfigError, match=message):
-        runner.plan(apply_overrides(config, overrides))
+        runner.plan(runner.configure(config, overrides))
