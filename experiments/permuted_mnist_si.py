@@ -10,7 +10,8 @@ SI damping ξ = 0.1. Published average accuracy over the ten tasks after the las
 96.94%, c = 0 (plain fine-tuning) → 57.41%. The full protocol is about 4 × 10^14 FLOPs per
 method. Ours (docs/reproductions.md): c = 0.1 → 96.84% (seed 0), c = 0 → 55.71% and 56.77%
 (seeds 0 and 1), and 54.07% (seed 0) with their Keras initialisation and shuffled epochs
-(`--set model.initializer=glorot --set train.sampling=shuffle`: 20 epochs of 234 batches).
+(`--set model.initializer=glorot --set train.sampling=shuffle`: 20 epochs of 234 batches;
+measured with the sampling's first version, whose epoch orders differ from today's).
 """
 
 
