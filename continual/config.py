@@ -77,12 +77,12 @@ def apply_overrides(config: dict, overrides: list[str], defaults: dict | None = 
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value")
         key, text = item.split("=", 1)
-        node, known, parts = config, defaults, key.split(".")
+        node, default, parts = config, defaults, key.split(".")
         for i, part in enumerate(parts):
-            if isinstance(node, dict) and part not in node and isinstance(known, dict):
-                if part in known:
-                    node[part] = copy.deepcopy(known[part])
-            known = known.get(part) if isinstance(known, dict) else None
+            if isinstance(node, dict) and part not in node and isinstance(default, dict):
+                if part in default:
+                    node[part] = copy.deepcopy(default[part])
+            default = default.get(part) if isinstance(default, dict) else None
             if not isinstance(node, dict) or part not in node:
                 where = ".".join(parts[:i]) or "the top level"
                 known = ", ".join(node) if isinstance(node, dict) else "none"
