@@ -35,7 +35,7 @@ from continual.regularisers import (
     replay,
     si,
 )
-from continual.train import SAMPLING, init_state, make_optimizer
+from continual.train import SAMPLING, check_epochs, init_state, make_optimizer
 from continual.types import Results, Stream, TaskData, TrainState, as_inputs, stack_tasks
 
 METHOD_KEYS = {"use": list, "joint": bool, "freeze": list, "retrieval": dict}
@@ -303,18 +303,6 @@ def train_settings(config: dict) -> Settings:
     return Settings(steps, every, batch, record, bool(reset), evaluate, sampling)
 
 
-def check_epochs(settings: Settings, tasks) -> None:
-    """With sampling "shuffle" every task must hold at least one minibatch."""
-    if settings.sampling != "shuffle":
-        return
-    n, name = min((len(t.train["y"]), t.name) for t in tasks)
-    if n < settings.batch_size:
-        raise ConfigError(
-            f"train.sampling 'shuffle': task {name!r} has {n} training examples, fewer than "
-            f"train.batch_size ({settings.batch_size}), so an epoch holds no minibatch"
-        )
-
-
 @dataclass
 class Plan:
     """A checked config with every part built: what `execute` runs."""
@@ -343,7 +331,7 @@ def plan(config: dict, selected: list[str] | None = None) -> Plan:
     settings = train_settings(config)
     checkpoint_settings(config)
     stream = build_stream(config)
-    check_epochs(settings, stream.tasks)
+    check_epochs(settings.sampling, settings.batch_size, stream.tasks)
     train, test = stack_tasks(stream.tasks, "train"), stack_tasks(stream.tasks, "test")
     init_key, run_key = jax.random.split(jax.random.key(seed))
     methods = [
@@ -352,7 +340,7 @@ def plan(config: dict, selected: list[str] | None = None) -> Plan:
     ]
     for m in methods:
         if m.retrieval is not None:  # its reader trains on a task of its own
-            check_epochs(settings, [m.retrieval["reader"]])
+            check_epochs(settings.sampling, settings.batch_size, [m.retrieval["reader"]])
     return Plan(config, stream, train, test, methods, run_key)
 
 

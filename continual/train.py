@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from continual.config import ConfigError
 from continual.evaluate import evaluate_tasks
 from continual.losses import Objective
 from continual.regularisers import Regulariser
@@ -54,6 +55,18 @@ def init_state(params, optimizer, regulariser: Regulariser, key) -> TrainState:
 
 
 SAMPLING = ("uniform", "shuffle")
+
+
+def check_epochs(sampling: str, batch_size: int, tasks) -> None:
+    """With sampling "shuffle" every task (a continual.types.Task) must hold a minibatch."""
+    if sampling != "shuffle":
+        return
+    n, name = min((len(t.train["y"]), t.name) for t in tasks)
+    if n < batch_size:
+        raise ConfigError(
+            f"train.sampling 'shuffle': task {name!r} has {n} training examples, fewer than "
+            f"train.batch_size ({batch_size}), so an epoch holds no minibatch"
+        )
 
 
 def sample_batch(data: TaskData, task, key, batch_size: int) -> dict:
