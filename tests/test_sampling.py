@@ -26,8 +26,9 @@ def counting():
 
 
 def chunks(sampling, batch_size, num_steps, reg=None):
-    """The plan of TASKS and a jitted chunk of `num_steps` (with `reg`, by default one that
-    counts the examples it uses): go(state, task, start, done) -> (state, losses)."""
+    """The initial state on TASKS and a jitted chunk of `num_steps` (with `reg`, by default one
+    that counts the examples it uses): (state, go -> state, go -> (state, losses)), where
+    go(state, task, start, done)."""
     plan = runner.plan(toy_config(tasks=TASKS, steps=40, methods=["naive"]))
     method = plan.methods[0]
     reg = reg or counting()
@@ -45,7 +46,7 @@ def chunks(sampling, batch_size, num_steps, reg=None):
         )
         return state, np.asarray(losses)
 
-    return plan, state, lambda *args: go(*args)[0], go
+    return state, lambda *args: go(*args)[0], go
 
 
 def observe_counts(state):
@@ -53,7 +54,7 @@ def observe_counts(state):
 
 
 def test_shuffle_uses_every_example_once_per_epoch_and_drops_the_remainder():
-    _, state, go, _ = chunks("shuffle", batch_size=3, num_steps=3)  # task A: 3 batches, 1 left
+    state, go, _ = chunks("shuffle", batch_size=3, num_steps=3)  # task A: 3 batches, 1 left
     before, left_out = observe_counts(state), []
     for epoch in range(4):
         state = go(state, 0, 3 * epoch)
@@ -64,7 +65,7 @@ def test_shuffle_uses_every_example_once_per_epoch_and_drops_the_remainder():
         left_out.append(int(np.argmin(seen[:10])))
     assert len(set(left_out)) > 1  # a new order every epoch
     # Task B (7 examples, padded to 10): 2 batches an epoch, never a padding slot.
-    _, state, go, _ = chunks("shuffle", batch_size=3, num_steps=2)
+    state, go, _ = chunks("shuffle", batch_size=3, num_steps=2)
     before = observe_counts(state)
     for epoch in range(3):
         state = go(state, 1, 2 * epoch)
@@ -74,16 +75,16 @@ def test_shuffle_uses_every_example_once_per_epoch_and_drops_the_remainder():
 
 
 def test_uniform_draws_with_replacement():
-    _, state, go, _ = chunks("uniform", batch_size=3, num_steps=30)
+    state, go, _ = chunks("uniform", batch_size=3, num_steps=30)
     seen = observe_counts(go(state, 0, 0))
     assert seen.sum() == 90 and seen[:10].all() and not seen[10:].any()
     assert seen.max() > 9  # 30 batches of 3 over 10 examples: not 9 each as epochs would give
 
 
 def test_a_chunk_starting_mid_epoch_continues_that_epoch():
-    _, state, whole, _ = chunks("shuffle", batch_size=4, num_steps=5)
-    _, _, first, _ = chunks("shuffle", batch_size=4, num_steps=2)
-    _, _, rest, _ = chunks("shuffle", batch_size=4, num_steps=3)
+    state, whole, _ = chunks("shuffle", batch_size=4, num_steps=5)
+    _, first, _ = chunks("shuffle", batch_size=4, num_steps=2)
+    _, rest, _ = chunks("shuffle", batch_size=4, num_steps=3)
     once = whole(state, 0, 0)._replace(key=None)
     twice = rest(first(state, 0, 0), 0, 2)._replace(key=None)
     assert observe_counts(once).sum() == 20
@@ -99,7 +100,7 @@ def test_a_member_stays_frozen_after_its_first_non_finite_step(sampling):
         return jnp.where((batch["x"][:, 0] == 0).any(), jnp.nan, 0.0), {}
 
     nan_on_0 = regulariser("nan_on_0", lambda params: (), penalty=penalty)
-    _, state, _, go = chunks(sampling, batch_size=3, num_steps=12, reg=nan_on_0)
+    state, _, go = chunks(sampling, batch_size=3, num_steps=12, reg=nan_on_0)
     state, losses = go(state, 0, 0, 0)
     first = int(np.argmax(np.isnan(losses)))
     assert np.isnan(losses[first:]).all() and np.isfinite(losses[:first]).all()
