@@ -371,6 +371,10 @@ def with_defaults(config: dict) -> dict:
     model = config.get("model")
     if isinstance(model, dict) and model.get("name") in ("mlp", "cnn"):
         out["model"] = {"initializer": "lecun", **model}
+    elif isinstance(model, dict) and model.get("initializer") == "lecun":
+        # the default left behind when model.name was changed (a sweep's --outer) to a model
+        # without an initializer
+        out["model"] = {k: v for k, v in model.items() if k != "initializer"}
     return out
 
 

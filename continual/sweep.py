@@ -198,16 +198,19 @@ def plan_sweep(
         outer_values = dict(zip(outer, combo, strict=True))
         # A stream drawn from the seed (a shuffled class order) differs between seeds, so each
         # seed is a program of its own; otherwise all seeds share one.
-        follows = runner.stream_follows_seed(_with(config, outer_values))
+        # defaults again: one may follow an outer value (an MLP's initializer, model.name)
+        base = runner.with_defaults(_with(config, outer_values))
+        follows = runner.stream_follows_seed(base)
         for seed_set in [[s] for s in all_seeds] if follows else [all_seeds]:
-            groups.extend(_groups(config, names, grid, outer_values, seed_set, keep=not follows))
+            groups.extend(_groups(base, names, grid, outer_values, seed_set, keep=not follows))
     return groups
 
 
 def _groups(config, names, grid, outer_values, seeds, keep) -> list[Group]:
-    """One group per method for these outer values and seeds, each checked; `keep`: whether
-    the groups keep their plans (their streams and data) until they run."""
-    cfg = _with(config, {**outer_values, "seed": seeds[0]})
+    """One group per method for these outer values (already set in `config`) and seeds, each
+    checked; `keep`: whether the groups keep their plans (their streams and data) until they
+    run."""
+    cfg = _with(config, {"seed": seeds[0]})
     groups = []
     for name in names:
         plan = runner.plan(cfg, [name])
