@@ -337,11 +337,13 @@ def _list() -> int:
     from continual.runner import REGULARISERS
     from continual.streams import STREAMS
 
-    for name in experiment_names():
+    names = experiment_names()
+    width = max(map(len, names), default=0)
+    for name in names:
         module = load_experiment(name)
         doc = (module.__doc__ or "").strip().splitlines()
         methods = ", ".join(module.get_config(None)["methods"])
-        print(f"{name:<16} {doc[0] if doc else ''}\n{'':<16} methods: {methods}")
+        print(f"{name:<{width}}  {doc[0] if doc else ''}\n{'':<{width}}  methods: {methods}")
     print(f"regularisers: {', '.join(['naive', *REGULARISERS])} (and `joint` as a method)")
     print(f"streams: {', '.join(STREAMS)}")
     return 0

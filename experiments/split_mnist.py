@@ -1,5 +1,6 @@
-"""Split MNIST in the three scenarios, the protocol of van de Ven, Tuytelaars & Tolias (2022),
-"Three types of incremental learning", Nature Machine Intelligence.
+"""Split MNIST in the three scenarios, the protocol of van de Ven, Tuytelaars & Tolias (2022).
+
+Their paper: "Three types of incremental learning", Nature Machine Intelligence.
 
     continual run split_mnist                        # class-incremental, seed 0
     continual run split_mnist --arg task             # task-incremental (masked heads)

@@ -64,6 +64,11 @@ def test_list_names_experiments_and_regularisers(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     assert "linear_toy" in out and "ewc" in out and "replay" in out
+    lines = out.splitlines()
+    methods = [i for i, line in enumerate(lines) if line.lstrip().startswith("methods: ")]
+    (column,) = {lines[i].index("methods: ") for i in methods}  # one column for every experiment
+    for name_line in (lines[i - 1] for i in methods):  # its description starts there too
+        assert name_line[column - 2 : column] == "  " and name_line[column] != " ", name_line
 
 
 BAD = {
