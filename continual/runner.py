@@ -351,30 +351,32 @@ def initial_state(method: Method, key) -> TrainState:
 
 
 def configure(config: dict, overrides: list[str]) -> dict:
-    """An experiment's config with `overrides` ("dotted.key=value", as --set gives them) applied
-    and every optional key present. A default that depends on another key (an MLP's
-    initializer) follows that key's overridden value."""
+    """An experiment's config with --set's `overrides` ("dotted.key=value") applied, then its
+    defaults, so that a default follows the key it depends on (an initializer, model.name)."""
     return with_defaults(apply_overrides(config, overrides, with_defaults(config)))
 
 
+# Optional keys: (section, the section's names they belong to (None: all), their defaults)
+DEFAULTS = (
+    ("train", None, {"evaluate": "all", "sampling": "uniform"}),
+    ("stream", None, {"train_outputs": "all"}),
+    ("stream", streams.SPLIT_STREAMS, {"class_order": None, "class_seed": None}),
+    ("model", ("mlp", "cnn"), {"initializer": "lecun"}),
+)
+
+
 def with_defaults(config: dict) -> dict:
-    """The config with every optional key present (so that --set can reach it)."""
-    out = dict(config)
-    out["checkpoint"] = {**CHECKPOINT_DEFAULTS, **config.get("checkpoint", {})}
-    if isinstance(config.get("train"), dict):
-        out["train"] = {"evaluate": "all", "sampling": "uniform", **config["train"]}
-    if isinstance(config.get("stream"), dict):
-        stream = {"train_outputs": "all", **config["stream"]}
-        if stream.get("name") in streams.SPLIT_STREAMS:
-            stream = {"class_order": None, "class_seed": None, **stream}
-        out["stream"] = stream
-    model = config.get("model")
-    if isinstance(model, dict) and model.get("name") in ("mlp", "cnn"):
-        out["model"] = {"initializer": "lecun", **model}
-    elif isinstance(model, dict) and model.get("initializer") == "lecun":
-        # the default left behind when model.name was changed (a sweep's --outer) to a model
-        # without an initializer
-        out["model"] = {k: v for k, v in model.items() if k != "initializer"}
+    """The config with every optional key present (so that --set can reach it). A default of
+    another kind of section (left when a sweep's --outer changed model.name) is dropped."""
+    out = {**config, "checkpoint": {**CHECKPOINT_DEFAULTS, **config.get("checkpoint", {})}}
+    for name, kinds, defaults in DEFAULTS:
+        section = out.get(name)
+        if not isinstance(section, dict):
+            continue
+        if kinds is None or section.get("name") in kinds:
+            out[name] = {**defaults, **section}
+        else:
+            out[name] = {k: v for k, v in section.items() if k not in defaults or v != defaults[k]}
     return out
 
 

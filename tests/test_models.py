@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from continual import models, runner, sweep
+from continual import models, runner
 from continual.config import load_experiment
 
 
@@ -65,11 +65,3 @@ def test_the_initializer_default_follows_an_overridden_model_name():
     runner.plan(runner.configure(config, ["model.name=linear"]))  # no stray initializer
     torch = runner.configure(config, ["model.initializer=torch"])["model"]
     assert torch == {"name": "mlp", "initializer": "torch"}
-    # A sweep's outer model.name, set on a config that already has the MLP's default.
-    groups = sweep.plan_sweep(
-        runner.configure(config, []), {}, 1, {"model.name": ["mlp", "linear"]}, ["naive"]
-    )
-    assert [g.config["model"] for g in groups] == [
-        {"name": "mlp", "initializer": "lecun"},
-        {"name": "linear"},
-    ]

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from continual import loop
+from continual import loop, runner
 from continual import sweep as sw
 from continual.cli import main
 
@@ -171,6 +171,22 @@ def test_a_jax_without_the_compiler_options_compiles_without_them(monkeypatch):
         compiled = loop.compile_lowered(jax.jit(lambda x: x + 1).lower(jnp.float32(1)))
     assert compiled(jnp.float32(1)) == 2
     assert loop._cpu_options == {"xla_cpu_use_fusion_emitters": False}  # the known one stays
+
+
+def test_defaults_follow_outer_values():
+    # Outer values are set on a config that has its defaults already: an MLP's initializer and
+    # a split stream's class order must not stay behind for a model or stream without them.
+    config = tiny_config()
+    config["model"] = {"name": "mlp"}
+    config["stream"] = {"name": "split", "source": "mnist1d", "num_tasks": 2, "scenario": "class"}
+    outer = {"model.name": ["mlp", "linear"], "stream.name": ["split", "permuted"]}
+    groups = sw.plan_sweep(runner.configure(config, []), {}, 1, outer, ["naive"])
+    models = [g.config["model"] for g in groups]
+    assert models == [{"name": "mlp", "initializer": "lecun"}] * 2 + [{"name": "linear"}] * 2
+    assert [sorted(g.config["stream"]) for g in groups[:2]] == [
+        ["class_order", "class_seed", "name", "num_tasks", "scenario", "source", "train_outputs"],
+        ["name", "num_tasks", "scenario", "source", "train_outputs"],
+    ]
 
 
 def test_checkpoint_folders_name_the_program_not_its_position():
