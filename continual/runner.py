@@ -367,7 +367,7 @@ DEFAULTS = (
 
 def with_defaults(config: dict) -> dict:
     """The config with every optional key present (so that --set can reach it). A default of
-    another kind of section (left when a sweep's --outer changed model.name) is dropped."""
+    another kind of section (left when a sweep's --outer changed its name) is dropped."""
     out = {**config, "checkpoint": {**CHECKPOINT_DEFAULTS, **config.get("checkpoint", {})}}
     for name, kinds, defaults in DEFAULTS:
         section = out.get(name)
