@@ -361,7 +361,7 @@ DEFAULTS = (
     ("train", None, {"evaluate": "all", "sampling": "uniform"}),
     ("stream", None, {"train_outputs": "all"}),
     ("stream", streams.SPLIT_STREAMS, {"class_order": None, "class_seed": None}),
-    ("model", ("mlp", "cnn"), {"initializer": "lecun"}),
+    ("model", models.INIT_MODELS, {"initializer": "lecun"}),
 )
 
 

@@ -141,7 +141,7 @@ def check_continuous(config: dict, method_name: str, grid: dict[str, list], plan
     base = _program_text(plan.methods[0], plan, settings)
     for key, values in grid.items():
         for value in values:
-            cfg = _with(config, {key: value})
+            cfg = runner.with_defaults(_with(config, {key: value}))
             method = runner.build_method(method_name, spec, cfg, plan.stream, plan.train, plan.key)
             if _program_text(method, plan, settings) != base:
                 raise ConfigError(

@@ -187,6 +187,9 @@ def test_defaults_follow_outer_values():
         ["class_order", "class_seed", "name", "num_tasks", "scenario", "source", "train_outputs"],
         ["name", "num_tasks", "scenario", "source", "train_outputs"],
     ]
+    # as a member axis the model's name is refused for what it is
+    with pytest.raises(sw.ConfigError, match=r"model\.name is not continuous"):
+        sw.plan_sweep(runner.configure(config, []), {"model.name": ["mlp", "linear"]}, 1, {}, None)
 
 
 def test_checkpoint_folders_name_the_program_not_its_position():

@@ -18,7 +18,7 @@ def make(name: str, num_outputs: int, **kwargs):
     """Builds the model called `name` with `num_outputs` output units."""
     if name == "linear":
         return Linear(features=num_outputs, **kwargs)
-    if name in ("mlp", "cnn") and "initializer" in kwargs:
+    if name in INIT_MODELS and "initializer" in kwargs:
         check_init(kwargs["initializer"])
     if name == "mlp":
         widths = _positive_ints("widths", kwargs.pop("widths", (100, 100)))
@@ -39,4 +39,5 @@ def make(name: str, num_outputs: int, **kwargs):
 
 
 MODELS = ("linear", "mlp", "cnn", "transformer")
-__all__ = ["CNN", "INITS", "MLP", "MODELS", "Linear", "Transformer", "make"]
+INIT_MODELS = ("mlp", "cnn")  # the models that take an `initializer` (continual.models.inits)
+__all__ = ["CNN", "INITS", "INIT_MODELS", "MLP", "MODELS", "Linear", "Transformer", "make"]
