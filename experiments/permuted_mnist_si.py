@@ -8,10 +8,11 @@ shared 10-way head (domain-incremental); MLP 784-2000-2000-10; Adam lr 1e-3, mom
 between tasks; minibatches of 256; 20 epochs per task (4,680 steps of 256 = 19.97 epochs);
 SI damping ξ = 0.1. Published average accuracy over the ten tasks after the last: c = 0.1 →
 96.94%, c = 0 (plain fine-tuning) → 57.41%. The full protocol is about 4 × 10^14 FLOPs per
-method. Ours (docs/reproductions.md): c = 0.1 → 96.84% (seed 0), c = 0 → 55.71% and 56.77%
-(seeds 0 and 1), and 54.07% (seed 0) with their Keras initialisation and shuffled epochs
-(`--set model.initializer=glorot --set train.sampling=shuffle`: 20 epochs of 234 batches;
-measured with the sampling's first version, whose epoch orders differ from today's).
+method. Ours (docs/reproductions.md): c = 0.1 → 96.84% (seed 0), c = 0 → 56.57 ± 0.78%
+(seeds 0-3: 55.71, 56.77, 55.12, 58.67%; about an hour each), and 54.07% (seed 0) with their
+Keras initialisation and shuffled epochs (`--set model.initializer=glorot --set
+train.sampling=shuffle`: 20 epochs of 234 batches; measured with the sampling's first version,
+whose epoch orders differ from today's).
 """
 
 
