@@ -65,3 +65,23 @@ def test_the_initializer_default_follows_an_overridden_model_name():
     runner.plan(runner.configure(config, ["model.name=linear"]))  # no stray initializer
     torch = runner.configure(config, ["model.initializer=torch"])["model"]
     assert torch == {"name": "mlp", "initializer": "torch"}
+
+
+def test_a_residual_mlp_adds_each_later_hidden_layers_input():
+    x = jax.random.normal(jax.random.key(1), (3, 5))
+    model = models.make("mlp", 2, widths=[4, 4, 4], residual=True)
+    p = model.init(jax.random.key(0), x)["params"]
+
+    def dense(name, h):
+        return h @ p[name]["kernel"] + p[name]["bias"][None]
+
+    h = jax.nn.relu(dense("hidden_0", x))
+    h = h + jax.nn.relu(dense("hidden_1", h))
+    h = h + jax.nn.relu(dense("hidden_2", h))
+    np.testing.assert_allclose(model.apply({"params": p}, x), dense("out", h), rtol=1e-5)
+    plain = models.make("mlp", 2, widths=[4, 4, 4]).apply({"params": p}, x)
+    assert not np.allclose(plain, dense("out", h))  # the default has no skip connections
+    with pytest.raises(ValueError, match=r"residual needs equal hidden widths, got \[4, 3\]"):
+        models.make("mlp", 2, widths=[4, 3], residual=True)
+    with pytest.raises(ValueError, match="residual must be true or false, got 1"):
+        models.make("mlp", 2, residual=1)

@@ -22,6 +22,11 @@ def make(name: str, num_outputs: int, **kwargs):
         check_init(kwargs["initializer"])
     if name == "mlp":
         widths = _positive_ints("widths", kwargs.pop("widths", (100, 100)))
+        residual = kwargs.get("residual", False)
+        if not isinstance(residual, bool):
+            raise ValueError(f"residual must be true or false, got {residual!r}")
+        if residual and len(set(widths)) > 1:
+            raise ValueError(f"residual needs equal hidden widths, got {list(widths)}")
         return MLP(features=num_outputs, widths=widths, **kwargs)
     if name == "cnn":
         keys = ("channels", "kernels", "strides", "widths")
