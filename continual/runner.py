@@ -356,12 +356,12 @@ def configure(config: dict, overrides: list[str]) -> dict:
     return with_defaults(apply_overrides(config, overrides, with_defaults(config)))
 
 
-# Optional keys: (section, the section's names they belong to (None: all), their defaults)
-DEFAULTS = (
+DEFAULTS = (  # optional keys: (section, its names they belong to or None for all, defaults)
     ("train", None, {"evaluate": "all", "sampling": "uniform"}),
     ("stream", None, {"train_outputs": "all"}),
     ("stream", streams.SPLIT_STREAMS, {"class_order": None, "class_seed": None}),
     ("model", models.INIT_MODELS, {"initializer": "lecun"}),
+    ("model", ("mlp",), {"residual": False}),
 )
 
 

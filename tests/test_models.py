@@ -60,11 +60,13 @@ def test_unknown_initializer_is_refused(name):
 def test_the_initializer_default_follows_an_overridden_model_name():
     config = load_experiment("split_blobs").get_config()
     config["model"] = {"name": "mlp"}
-    assert runner.configure(config, [])["model"] == {"name": "mlp", "initializer": "lecun"}
+    mlp = {"name": "mlp", "initializer": "lecun", "residual": False}
+    assert runner.configure(config, [])["model"] == mlp
     assert runner.configure(config, ["model.name=linear"])["model"] == {"name": "linear"}
     runner.plan(runner.configure(config, ["model.name=linear"]))  # no stray initializer
     torch = runner.configure(config, ["model.initializer=torch"])["model"]
-    assert torch == {"name": "mlp", "initializer": "torch"}
+    assert torch == {**mlp, "initializer": "torch"}
+    assert runner.configure(config, ["model.residual=true"])["model"] == {**mlp, "residual": True}
 
 
 def test_a_residual_mlp_adds_each_later_hidden_layers_input():

@@ -182,7 +182,8 @@ def test_defaults_follow_outer_values():
     outer = {"model.name": ["mlp", "linear"], "stream.name": ["split", "permuted"]}
     groups = sw.plan_sweep(runner.configure(config, []), {}, 1, outer, ["naive"])
     models = [g.config["model"] for g in groups]
-    assert models == [{"name": "mlp", "initializer": "lecun"}] * 2 + [{"name": "linear"}] * 2
+    mlp = {"name": "mlp", "initializer": "lecun", "residual": False}
+    assert models == [mlp] * 2 + [{"name": "linear"}] * 2
     assert [sorted(g.config["stream"]) for g in groups[:2]] == [
         ["class_order", "class_seed", "name", "num_tasks", "scenario", "source", "train_outputs"],
         ["name", "num_tasks", "scenario", "source", "train_outputs"],
