@@ -36,7 +36,9 @@ class MLP(nn.Module):
         return dense_stack(x_BxD, self.widths, self.features, self.initializer, self.residual)
 
 
-def dense_stack(h_BxH, widths, features: int, initializer: str, residual=False) -> jax.Array:
+def dense_stack(
+    h_BxH, widths, features: int, initializer: str, residual: bool = False
+) -> jax.Array:
     """ReLU dense layers `hidden_i` of `widths` (after the first, each adding its input if
     `residual`), then a linear read-out `out` of `features`; called inside a compact module (the
     MLP, the CNN's head), whose parameters they become."""
