@@ -59,7 +59,7 @@ def config(method: str) -> dict:
 
 def training_loop_seconds(plan) -> float:
     """Seconds for one task's 390 naive steps under lax.scan, compiled and warmed up first."""
-    from continual.loop import compile_lowered
+    from continual.program import compile_lowered
     from continual.runner import initial_state
     from continual.train import make_train_step, sample_batch
 
@@ -95,7 +95,7 @@ def child(method: str) -> dict:
     build_s = time.perf_counter() - t0
     (results,) = runner.execute(plan).values()
     rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # the run's own peak
-    from continual.loop import Settings, compile_program
+    from continual.program import Settings, compile_program
     from continual.runner import initial_state
 
     m = plan.methods[0]

@@ -10,8 +10,8 @@ With several JAX processes (devices.py) all of them save and restore together (o
 shard once, so the directory must be one they all see) and agree on which checkpoint is
 readable; process 0 alone moves a broken one aside.
 
-The config's `checkpoint` section (`checkpoint_settings`) and the save / resume hooks the task
-loop takes (`checkpointing`) are built here too.
+The loop's Progress (what a checkpoint holds beside the states) and the save / resume hooks the
+task loop takes (`checkpointing`) are defined here too.
 """
 
 from __future__ import annotations
@@ -21,13 +21,14 @@ import shutil
 import signal
 import warnings
 from collections import Counter
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from continual import devices
-from continual.config import ConfigError, number
 
 _FAULTS: Counter = Counter()
 
@@ -152,38 +153,51 @@ class Checkpointer:
         self.manager.close()
 
 
-# The config's checkpoint section, and the loop's checkpoint hooks built from it.
-CHECKPOINT_DEFAULTS = {"enabled": True, "every_chunks": 0, "keep": 3}
+class CheckpointSettings(NamedTuple):
+    """When to checkpoint: at the end of every task when `enabled`, also every `every_chunks`
+    chunks (0: only at task ends), keeping the newest `keep`."""
+
+    enabled: bool = True
+    every_chunks: int = 0
+    keep: int = 3
 
 
-def checkpoint_settings(config: dict) -> dict:
-    """The checked checkpoint section: enabled (at the end of every task), every_chunks (also
-    every that many chunks; 0: only at task ends), keep (the newest that many)."""
-    c = {**CHECKPOINT_DEFAULTS, **config.get("checkpoint", {})}
-    unknown = set(c) - set(CHECKPOINT_DEFAULTS)
-    if unknown:
-        raise ConfigError(f"checkpoint: unknown key {sorted(unknown)[0]!r}")
-    number(c["every_chunks"], "checkpoint.every_chunks", 0, integer=True)
-    number(c["keep"], "checkpoint.keep", 1, integer=True)
-    if not isinstance(c["enabled"], bool):
-        raise ConfigError("checkpoint.enabled must be true or false")
-    return c
+@dataclass
+class Progress:
+    """Where the loop is and what it has recorded: with the states, all a checkpoint needs.
+
+    JSON-serialisable (a missing value is None)."""
+
+    row: int = 0  # the task row being trained
+    chunk: int = 0  # chunks of that row already done
+    step: int = 0  # steps done over all rows
+    steps: list[int] = field(default_factory=list)  # step of every evaluation
+    training_task: list[int] = field(default_factory=list)
+    values: list = field(default_factory=list)  # every evaluation: (members, tasks)
+    last_loss: list = field(default_factory=list)  # per member
+    diverged: list = field(default_factory=list)  # per member: None or {task, step, ...}
+    params: list = field(default_factory=list)  # per finished row, per member (small models)
+    probes: list = field(default_factory=list)  # per finished row, per member
+    ends: list[int] = field(default_factory=list)  # per finished row: index of its last eval
+    view: list = field(default_factory=list)  # the other reading: before training, each row
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict) -> Progress:
+        return cls(**d)
 
 
-def checkpointing(directory: Path, config: dict, program, states, resume: bool):
-    """(states, progress, save) for a compiled program that checkpoints into `directory`: the
-    states and progress come from its newest readable checkpoint when resuming (else progress
-    is None); save is None when checkpoints are disabled."""
-    ckpt = checkpoint_settings(config)
-    if not ckpt["enabled"]:
-        return states, None, None
-    from continual.loop import Progress  # loop imports this module
-
-    checkpointer = Checkpointer(directory, ckpt["keep"])
+def checkpointing(directory: Path, keep: int, members: int, states, resume: bool):
+    """(states, progress, save) for a program of `members` real members that checkpoints into
+    `directory`, keeping the newest `keep`: the states and progress come from its newest
+    readable checkpoint when resuming (else progress is None)."""
+    checkpointer = Checkpointer(directory, keep)
     progress = None
 
     def real(states):  # checkpoints hold the real members only, not the device padding
-        return jax.tree.map(lambda a: a[: program.members], states)
+        return jax.tree.map(lambda a: a[:members], states)
 
     if resume:
         restored = checkpointer.restore_latest(real(states))

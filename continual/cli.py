@@ -31,7 +31,9 @@ def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="continual", description="Continual learning experiments in JAX.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     r = sub.add_parser("run", help="run an experiment and write its run directory")
-    r.add_argument("experiment", help="experiment name (see `continual list`)")
+    r.add_argument(
+        "experiment", help="experiment name (see `continual list`) or path to a .py file, [:ARG]"
+    )
     r.add_argument(
         "--set",
         dest="overrides",
@@ -49,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
         help="run only this method (repeatable)",
     )
     r.add_argument("--arg", default=None, help="the argument passed to get_config(arg)")
+    r.add_argument("--smoke", action="store_true", help="the experiment's SMOKE size (seconds)")
     r.add_argument("--out", default="runs", help="parent of the run directory (default: runs)")
     r.add_argument("--name", default=None, help="run directory name (default: a time stamp)")
     again = r.add_mutually_exclusive_group()
@@ -70,7 +73,9 @@ def _parser() -> argparse.ArgumentParser:
     rs.add_argument("--no-plots", action="store_true")
     rs.add_argument("--quiet", action="store_true")
     sw = sub.add_parser("sweep", help="train hyperparameter values x seeds as one program")
-    sw.add_argument("experiment", help="experiment name (see `continual list`)")
+    sw.add_argument(
+        "experiment", help="experiment name (see `continual list`) or path to a .py file, [:ARG]"
+    )
     sw.add_argument(
         "--grid",
         action="append",
@@ -90,6 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     sw.add_argument("--method", dest="methods", action="append", default=None, metavar="NAME")
     sw.add_argument("--arg", default=None)
+    sw.add_argument("--smoke", action="store_true", help="the experiment's SMOKE size")
     sw.add_argument("--out", default="runs")
     sw.add_argument("--name", default=None, help="sweep directory name (default: a stamp)")
     again = sw.add_mutually_exclusive_group()
@@ -147,15 +153,29 @@ def _enable_compilation_cache() -> None:
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
+def _experiment(args):
+    """(module, config, spec): the command's experiment loaded, its config with --smoke and
+    --set applied, and how run.json names it (a file by its absolute path, so that a resume
+    finds it). args.experiment becomes the name its run directories go under."""
+    from continual import config as cfg
+    from continual import runner
+
+    experiment, arg = cfg.split_experiment(args.experiment, args.arg)
+    module = cfg.load_experiment(experiment)
+    base, shrink = cfg.experiment_config(module, arg, getattr(args, "smoke", False))
+    config = runner.configure(base, shrink + args.overrides)
+    spec = str(Path(experiment).resolve()) if cfg.is_path(experiment) else experiment
+    args.experiment = cfg.experiment_name(experiment)
+    return module, config, spec
+
+
 def _run(args) -> int:
     from continual import runner
-    from continual.config import load_experiment
 
     _enable_compilation_cache()
-    module = load_experiment(args.experiment)
-    config = runner.configure(module.get_config(args.arg), args.overrides)
+    module, config, spec = _experiment(args)
     plan = runner.plan(config, args.methods)
-    request = {"experiment": args.experiment, "methods": [m.name for m in plan.methods]}
+    request = {"experiment": spec, "methods": [m.name for m in plan.methods]}
     run_dir, resume = rundir.choose(args, config, request)
     return _execute(args, module, plan, run_dir, resume, request)
 
@@ -252,20 +272,22 @@ def _sweep(args, config: dict | None = None) -> int:
         raise ValueError("--coordinator, --num-processes and --process-id need --distributed")
     if distributed:  # before anything touches a device
         devices.initialize(args.coordinator, args.num_processes, args.process_id)
-    from continual import plots, runner
+    from continual import plots
     from continual import results as res
     from continual import sweep as sw
-    from continual.config import load_experiment
     from continual.loop import Interrupted
 
     if config is None:
-        module = load_experiment(args.experiment)
-        config = runner.configure(module.get_config(args.arg), args.overrides)
+        _, config, spec = _experiment(args)
+    else:  # a resumed sweep: its config as it was run
+        from continual.config import experiment_name
+
+        spec, args.experiment = args.experiment, experiment_name(args.experiment)
     grid = sw.parse_axes(config, args.grid, "--grid")
     outer = sw.parse_axes(config, args.outer, "--outer")
     groups = sw.plan_sweep(config, grid, args.seeds, outer, args.methods)
     request = {
-        "experiment": args.experiment,
+        "experiment": spec,
         "kind": "sweep",
         "grid": args.grid,
         "outer": args.outer,
@@ -334,7 +356,7 @@ def _sweep(args, config: dict | None = None) -> int:
 
 def _list() -> int:
     from continual.config import experiment_names, load_experiment
-    from continual.runner import REGULARISERS
+    from continual.regularisers import registry
     from continual.streams import STREAMS
 
     names = experiment_names()
@@ -344,7 +366,7 @@ def _list() -> int:
         doc = (module.__doc__ or "").strip().splitlines()
         methods = ", ".join(module.get_config(None)["methods"])
         print(f"{name:<{width}}  {doc[0] if doc else ''}\n{'':<{width}}  methods: {methods}")
-    print(f"regularisers: {', '.join(['naive', *REGULARISERS])} (and `joint` as a method)")
+    print(f"regularisers: {', '.join(['naive', *registry.methods()])} (and `joint` as a method)")
     print(f"streams: {', '.join(STREAMS)}")
     return 0
 
@@ -358,6 +380,8 @@ def _plot(args) -> int:
     module, stream = None, None
     config_file = run_dir / "config.json"
     experiment = run_dir.parent.name
+    if (run_dir / "run.json").exists():  # a file experiment is named there by its path
+        experiment = json.loads((run_dir / "run.json").read_text()).get("experiment", experiment)
     if config_file.exists():
         from continual import runner
 
@@ -382,13 +406,13 @@ def _generate(args) -> int:
         raise ValueError("--temperature must be >= 0")
     if not args.prompt:
         raise ValueError("--prompt must not be empty")
-    from continual.results import load_language_model
+    from continual.reload import load_language_model
 
     _enable_compilation_cache()
     model, params, tokenizer = load_language_model(Path(args.run_dir), args.method)
     if args.show_top > tokenizer.vocab_size:
         raise ValueError(f"--show-top must be at most the vocabulary size {tokenizer.vocab_size}")
-    from continual.knowledge import prompt_for
+    from continual.reload import prompt_for
 
     prompt, facts = prompt_for(Path(args.run_dir), args.method, args.prompt)
     done = generate_text(

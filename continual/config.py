@@ -1,9 +1,13 @@
-"""Experiment configs: plain nested dicts, loaded from experiments/*.py and overridden by --set.
+"""Experiment configs: plain nested dicts, loaded from experiment files and overridden by --set.
 
-An experiment file defines `get_config(arg=None) -> dict` (its docstring gives the command, the
-expected runtime and the expected numbers) and may define `report(results, stream) -> list[str]`
-and `plot(results, stream, plots_dir)` for what is particular to it. Overrides may only name keys
-that exist, and a value is parsed by the type of the value it replaces.
+An experiment file defines `get_config(arg=None) -> dict`, `ARGS` (the values `--arg` accepts,
+None meaning no argument; default: none) and `SMOKE` (`{"arg": ..., "set": [...]}`, the shrink
+that `--smoke` and the test suite run), and may define `report(results, stream) -> list[str]`
+and `plot(results, stream, plots_dir)` for what is particular to it. Its docstring gives the
+command, the runtime and where the expected numbers are (docs/). An experiment is named by the
+name of one that ships with the package (experiments/) or by a path to a file anywhere, either
+followed by `:ARG`. Overrides may only name keys that exist (or a registered method's defaults),
+and a value is parsed by the type of the value it replaces.
 """
 
 from __future__ import annotations
@@ -11,7 +15,10 @@ from __future__ import annotations
 import ast
 import copy
 import importlib
+import importlib.util
 import pkgutil
+import sys
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -28,12 +35,72 @@ def experiment_names() -> list[str]:
     return sorted(m.name for m in pkgutil.iter_modules(path) if not m.name.startswith("_"))
 
 
-def load_experiment(name: str) -> ModuleType:
-    """The experiment module called `name`."""
-    known = experiment_names()
-    if name not in known:
-        raise ConfigError(f"unknown experiment {name!r} (known: {', '.join(known)})")
-    return importlib.import_module(f"continual.experiments.{name}")
+def is_path(experiment: str) -> bool:
+    """Whether `experiment` names a file (a path ending in .py) rather than a shipped one."""
+    return experiment.endswith(".py") or "/" in experiment
+
+
+def split_experiment(spec: str, arg: str | None = None) -> tuple[str, str | None]:
+    """(experiment, arg) from "NAME", "NAME:ARG", "PATH.py" or "PATH.py:ARG" and --arg."""
+    experiment, sep, inline = spec.rpartition(":")
+    if not sep or not experiment:
+        return spec, arg
+    if arg is not None and arg != inline:
+        raise ConfigError(f"the argument is given twice ({spec!r} and --arg {arg!r}); give it once")
+    return experiment, inline
+
+
+def experiment_name(experiment: str) -> str:
+    """The name a run directory takes: a shipped experiment's name, or a file's stem."""
+    return Path(experiment).stem if is_path(experiment) else experiment
+
+
+def load_experiment(experiment: str) -> ModuleType:
+    """The experiment module `experiment`: a shipped one by name, or a file by its path."""
+    if not is_path(experiment):
+        known = experiment_names()
+        if experiment not in known:
+            raise ConfigError(
+                f"unknown experiment {experiment!r} (known: {', '.join(known)}; "
+                "or give the path of a .py file)"
+            )
+        return importlib.import_module(f"continual.experiments.{experiment}")
+    path = Path(experiment)
+    if path.suffix != ".py" or not path.is_file():
+        raise ConfigError(f"experiment file {experiment!r} does not exist or is not a .py file")
+    name = f"continual_experiment_{path.stem}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:  # the user's file: its first error, in one line
+        del sys.modules[name]
+        raise ConfigError(f"cannot load {experiment!r}: {type(e).__name__}: {e}") from None
+    if not callable(getattr(module, "get_config", None)):
+        raise ConfigError(f"{experiment!r} defines no get_config(arg=None) function")
+    return module
+
+
+def experiment_config(module: ModuleType, arg: str | None, smoke: bool = False):
+    """(config, overrides): the module's config for `arg`, checked against its ARGS, and with
+    `smoke` its SMOKE shrink (its argument when none is given, and its --set overrides)."""
+    overrides = []
+    if smoke:
+        shrink = getattr(module, "SMOKE", None)
+        if not isinstance(shrink, dict):
+            raise ConfigError(f"{module.__name__} declares no SMOKE size")
+        arg = shrink.get("arg") if arg is None else arg
+        overrides = list(shrink.get("set", []))
+    accepted = tuple(getattr(module, "ARGS", (None,)))
+    if arg not in accepted:
+        name = module.__name__.rpartition(".")[2]
+        choices = ", ".join("no argument" if a is None else repr(a) for a in accepted)
+        raise ConfigError(f"{name}: --arg must be one of {choices}; got {arg!r}")
+    config = module.get_config(arg)
+    if not isinstance(config, dict):
+        raise ConfigError(f"get_config({arg!r}) must return a dict, got {type(config).__name__}")
+    return config, overrides
 
 
 def parse_value(text: str, current: Any, key: str) -> Any:

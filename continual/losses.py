@@ -6,7 +6,7 @@ Fisher of a likelihood matches the curvature of its loss (EWC at strength 1 is B
 `next_token` is the sequence case: out (L, V) logits, y (L,) next tokens, mask (V,); its loss is
 the mean over the non-[pad] positions and its metric bits per character. `answers` is the same
 likelihood for question -> answer sequences (the question's targets [pad]), judged by exact match
-of the greedy answer (continual.knowledge).
+of the greedy answer (continual.streams.knowledge).
 """
 
 from __future__ import annotations

@@ -18,7 +18,6 @@ import io
 import json
 import os
 import tempfile
-import warnings
 from pathlib import Path
 
 from continual.types import Results
@@ -132,47 +131,3 @@ def save_tokenizer(run_dir: Path, stream) -> None:
     tokenizer = getattr(stream, "tokenizer", None)
     if tokenizer is not None and not (run_dir / "tokenizer.json").exists():
         write_atomic(run_dir / "tokenizer.json", tokenizer.to_json() + "\n")
-
-
-def load_language_model(run_dir: Path, method: str | None = None):
-    """(model, params, tokenizer) of a run's method (default: its first): the transformer of
-    its config with the parameters of its newest checkpoint, and the run's tokenizer.json."""
-    import jax
-
-    from continual import models, runner
-    from continual.checkpoint import Checkpointer
-    from continual.data.text import CharTokenizer
-
-    if not (run_dir / "run.json").exists():
-        raise FileNotFoundError(f"{str(run_dir)!r} is not a run directory (no run.json)")
-    try:
-        info = json.loads((run_dir / "run.json").read_text())
-        config = json.loads((run_dir / "config.json").read_text())
-    except (OSError, ValueError) as e:
-        raise ValueError(f"cannot read the run in {str(run_dir)!r}: {e}") from None
-    if info.get("kind") == "sweep":
-        raise ValueError(f"{str(run_dir)!r} is a sweep; generate reads a run's methods")
-    if not (run_dir / "tokenizer.json").exists():
-        raise ValueError(f"{str(run_dir)!r} has no tokenizer.json: its stream is not text")
-    tokenizer = CharTokenizer.from_json((run_dir / "tokenizer.json").read_text())
-    methods = info.get("methods") or []
-    method = method or (methods[0] if methods else None)
-    if method not in methods:
-        raise ValueError(f"unknown method {method!r} (this run has: {', '.join(methods)})")
-    spec = dict(config.get("model", {}))
-    if spec.pop("name", None) != "transformer":
-        raise ValueError(f"the model of {str(run_dir)!r} is not a transformer language model")
-    model = models.make("transformer", tokenizer.vocab_size, **spec)
-    folder = run_dir / method / "checkpoints"
-    if not folder.is_dir() or not any(p.name.isdigit() for p in folder.iterdir()):
-        raise ValueError(f"method {method!r} of {str(run_dir)!r} has no checkpoint")
-    plan = runner.plan(config, [method])
-    restored = Checkpointer(folder).restore_latest(
-        runner.initial_state(plan.methods[0], plan.key), move_aside=False
-    )
-    if restored is None:
-        raise ValueError(f"method {method!r} of {str(run_dir)!r} has no readable checkpoint")
-    params = jax.tree.map(lambda a: a[0], restored[0].params)  # the run's one member
-    if not (run_dir / method / "results.json").exists():
-        warnings.warn(f"{method} has not finished; its newest checkpoint is used", stacklevel=2)
-    return model, params, tokenizer

@@ -1,8 +1,13 @@
-"""run(config) -> results: the one experiment runner, and the only module that reads config.
+"""run(config) -> results: the one experiment runner, where a config becomes typed parts.
 
-For every method of the experiment: build its parts by name, then for each task train (compiled
-chunks of lax.scan steps, every task evaluated between chunks) -> evaluate all tasks (row t of the
-matrix) -> consolidate. The `joint` baseline trains once on the union of all tasks.
+`plan` checks the whole config and builds every part by name (the stream, the model, the
+optimizer, each method's regularisers from the registry of continual.regularisers) into a typed
+Plan before anything is written; the library below takes explicit arguments, never a config.
+`execute` runs every method of a plan through the one loop (continual.loop.run_job): for each
+task train (compiled chunks of lax.scan steps, every task evaluated between chunks) -> evaluate
+all tasks (row t of the matrix) -> consolidate. The `joint` baseline trains once on the union of
+all tasks; a retrieval method trains its reader the same way, then answers from the store.
+(The sweep, continual.sweep, plans its members over configs with these functions.)
 """
 
 from __future__ import annotations
@@ -17,110 +22,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from continual import knowledge, models, streams
-from continual.checkpoint import CHECKPOINT_DEFAULTS, checkpoint_settings, checkpointing
+from continual import models, retrieval, streams
+from continual.checkpoint import CheckpointSettings
 from continual.config import ConfigError, apply_overrides, number, section
-from continual.loop import EVALUATE, Settings, compile_program, run_program
+from continual.loop import Hooks, Job, run_job
 from continual.losses import LIKELIHOODS, Objective
-from continual.regularisers import (
-    Regulariser,
-    agem,
-    chain,
-    der,
-    ewc,
-    gem,
-    l2,
-    lwf,
-    mas,
-    replay,
-    si,
-)
+from continual.program import EVALUATE, Settings
+from continual.regularisers import Regulariser, chain, registry
 from continual.train import SAMPLING, check_epochs, init_state, make_optimizer
 from continual.types import Results, Stream, TaskData, TrainState, as_inputs, stack_tasks
 
 METHOD_KEYS = {"use": list, "joint": bool, "freeze": list, "retrieval": dict}
-
-
-def _build_l2(objective, stream, train, **kw):
-    return l2(**kw)
-
-
-def _build_ewc(objective, stream, train, **kw):
-    return ewc(objective, num_tasks=len(stream.tasks), **kw)
-
-
-def _examples(stream):
-    """One training example's input and target (their shapes and dtypes size the memories)."""
-    first = stream.tasks[0].train
-    return {"example_x": as_inputs(first["x"][:1])[0], "example_y": first["y"][0]}
-
-
-def _memory(stream, kw):
-    """The arguments of an episodic memory (replay, A-GEM): one example, and for class-balanced
-    selection the stream's (task, class) groups, from its training labels."""
-    total = sum(len(t.train["x"]) for t in stream.tasks)
-    capacity = kw.get("capacity")
-    if isinstance(capacity, int) and capacity > total:
-        raise ValueError(
-            f"capacity {capacity} is larger than the stream's {total} training examples"
-        )
-    out = _examples(stream)
-    if kw.get("selection") == "class_balanced":
-        groups = []
-        for t in stream.tasks:
-            y = np.asarray(t.train["y"])
-            if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
-                raise ValueError("selection 'class_balanced' needs integer class labels")
-            groups += [(t.id, int(c)) for c in np.unique(y)]
-        out["groups"] = groups
-    return out
-
-
-def _build_replay(objective, stream, train, **kw):
-    return replay(objective, **_memory(stream, kw), **kw)
-
-
-def _build_agem(objective, stream, train, **kw):
-    return agem(objective, **_memory(stream, kw), **kw)
-
-
-def _build_si(objective, stream, train, **kw):
-    return si(**kw)
-
-
-def _build_mas(objective, stream, train, **kw):
-    return mas(objective, **kw)
-
-
-def _build_lwf(objective, stream, train, **kw):
-    return lwf(objective, **kw)
-
-
-def _build_der(objective, stream, train, **kw):
-    return der(objective, **_examples(stream), **kw)
-
-
-def _build_derpp(objective, stream, train, **kw):
-    """DER++: DER whose beta (the weight of the memory's label loss) defaults to 0.5."""
-    return der(objective, **_examples(stream), **{"beta": 0.5, **kw})
-
-
-def _build_gem(objective, stream, train, **kw):
-    return gem(objective, num_tasks=len(stream.tasks), **_examples(stream), **kw)
-
-
-REGULARISERS = {
-    "l2": _build_l2,
-    "ewc": _build_ewc,
-    "si": _build_si,
-    "mas": _build_mas,
-    "replay": _build_replay,
-    "lwf": _build_lwf,
-    "agem": _build_agem,
-    "der": _build_der,
-    "derpp": _build_derpp,
-    "gem": _build_gem,
-}
 
 
 def _call(factory, what: str, *args, **kwargs):
@@ -159,7 +71,7 @@ def build_stream(config: dict) -> Stream:
 def method_specs(config: dict, selected: list[str] | None = None) -> dict[str, dict]:
     """The methods to run, in order, each checked: {"use", "joint", "freeze", "retrieval"}."""
     methods = section(config, "methods")
-    known_regs = section(config, "regularisers")
+    known_regs = config.get("regularisers") or {}
     names = list(selected or config.get("run") or methods)
     if not names:
         raise ConfigError("no method selected to run")
@@ -180,15 +92,13 @@ def method_specs(config: dict, selected: list[str] | None = None) -> dict[str, d
             if not isinstance(value, METHOD_KEYS[key]):
                 raise ConfigError(f"methods.{name}.{key} must be a {METHOD_KEYS[key].__name__}")
         for reg in spec["use"]:
-            if reg not in REGULARISERS:
+            if reg not in registry.methods():
                 raise ConfigError(
                     f"unknown regulariser {reg!r} in method {name!r} "
-                    f"(known: {', '.join(REGULARISERS)})"
+                    f"(known: {', '.join(registry.methods())})"
                 )
-            if reg not in known_regs:
-                raise ConfigError(
-                    f"method {name!r} uses {reg!r} but config has no regularisers.{reg} section"
-                )
+            if not isinstance(known_regs.get(reg, {}), dict):
+                raise ConfigError(f"regularisers.{reg} must be a mapping of hyperparameters")
         out[name] = spec
     return out
 
@@ -204,7 +114,7 @@ class Method:
     params: Any
     joint: bool
     freeze: list[str]
-    # a reader of retrieved facts (knowledge.check_retrieval): {"k", "steps", "reader", "rows"}
+    # a reader of retrieved facts (retrieval.check_retrieval): {"k", "steps", "reader", "rows"}
     retrieval: dict | None = None
 
 
@@ -221,9 +131,7 @@ def _init_params(model, key, x):
     return _init_cached(model, data, tuple(x.shape), str(x.dtype))
 
 
-def build_method(
-    name: str, spec: dict, config: dict, stream: Stream, train: TaskData, key
-) -> Method:
+def build_method(name: str, spec: dict, config: dict, stream: Stream, key) -> Method:
     """Builds the model, objective, optimizer and regulariser of one method."""
     model_spec = dict(section(config, "model"))
     model_name = model_spec.pop("name", None)
@@ -238,23 +146,20 @@ def build_method(
     opt_spec = {k: v for k, v in section(config, "optimizer").items() if k != "reset_per_task"}
     opt_name = opt_spec.pop("name", None)
     optimizer = _call(make_optimizer, "optimizer", opt_name, **opt_spec)
-    hyper = section(config, "regularisers")
-    parts = []
-    for reg in spec["use"]:
-        kwargs = hyper[reg]
-        if not isinstance(kwargs, dict):
-            raise ConfigError(f"regularisers.{reg} must be a mapping of hyperparameters")
-        parts.append(
-            _call(REGULARISERS[reg], f"regulariser {reg}", objective, stream, train, **kwargs)
-        )
-    retrieval = spec.get("retrieval")
-    if retrieval is not None:
-        retrieval = _call(
-            knowledge.check_retrieval,
+    hyper = config.get("regularisers") or {}
+    context = registry.context(objective, stream) if spec["use"] else None
+    parts = [
+        _call(registry.build, f"regulariser {reg}", reg, context, hyper.get(reg, {}))
+        for reg in spec["use"]
+    ]
+    reader = spec.get("retrieval")
+    if reader is not None:
+        reader = _call(
+            retrieval.check_retrieval,
             f"methods.{name}.retrieval",
             stream,
             spec,
-            retrieval,
+            reader,
             train_settings(config).eval_every,
             int(config.get("seed", 0)),
             getattr(model, "context", None),
@@ -267,7 +172,7 @@ def build_method(
         params,
         spec["joint"],
         spec["freeze"],
-        retrieval,
+        reader,
     )
 
 
@@ -303,11 +208,32 @@ def train_settings(config: dict) -> Settings:
     return Settings(steps, every, batch, record, bool(reset), evaluate, sampling)
 
 
+CHECKPOINT_DEFAULTS = dict(CheckpointSettings()._asdict())
+
+
+def checkpoint_settings(config: dict) -> CheckpointSettings:
+    """The checked checkpoint section: enabled (at the end of every task), every_chunks (also
+    every that many chunks; 0: only at task ends), keep (the newest that many)."""
+    c = {**CHECKPOINT_DEFAULTS, **config.get("checkpoint", {})}
+    unknown = set(c) - set(CHECKPOINT_DEFAULTS)
+    if unknown:
+        raise ConfigError(f"checkpoint: unknown key {sorted(unknown)[0]!r}")
+    number(c["every_chunks"], "checkpoint.every_chunks", 0, integer=True)
+    number(c["keep"], "checkpoint.keep", 1, integer=True)
+    if not isinstance(c["enabled"], bool):
+        raise ConfigError("checkpoint.enabled must be true or false")
+    return CheckpointSettings(**c)
+
+
 @dataclass
 class Plan:
-    """A checked config with every part built: what `execute` runs."""
+    """A checked config with every part built and its settings parsed: what `execute` runs.
+    `config` is kept only to be written with the run (config.json)."""
 
     config: dict
+    seed: int
+    settings: Settings
+    checkpoints: CheckpointSettings
     stream: Stream
     train: TaskData
     test: TaskData
@@ -316,7 +242,7 @@ class Plan:
 
     def steps(self, method) -> int:
         """A method's training steps (for a progress bar)."""
-        per_method = train_settings(self.config).steps * len(self.stream.tasks)
+        per_method = self.settings.steps * len(self.stream.tasks)
         return (method.retrieval or {}).get("steps") or per_method
 
     @property
@@ -324,24 +250,37 @@ class Plan:
         """Training steps over all methods (for a progress bar)."""
         return sum(self.steps(m) for m in self.methods)
 
+    def job(self, method: Method) -> Job:
+        """What `method` trains on: the stream, or for a retrieval method its reader's task."""
+        if method.retrieval is None:
+            return Job(self.stream, self.train, self.test, self.settings)
+        task = method.retrieval["reader"]
+        reader = Stream(
+            "reader", (task,), "domain", self.stream.likelihood, self.stream.num_outputs
+        )
+        settings = self.settings._replace(steps=self.steps(method), record_params=False)
+        return Job(
+            reader, stack_tasks(reader.tasks, "train"), stack_tasks(reader.tasks, "test"), settings
+        )
+
 
 def plan(config: dict, selected: list[str] | None = None) -> Plan:
     """Checks the whole config and builds every part; nothing is trained or written yet."""
     seed = number(config.get("seed", 0), "seed", 0, integer=True)
     settings = train_settings(config)
-    checkpoint_settings(config)
+    checkpoints = checkpoint_settings(config)
     stream = build_stream(config)
     check_epochs(settings.sampling, settings.batch_size, stream.tasks)
     train, test = stack_tasks(stream.tasks, "train"), stack_tasks(stream.tasks, "test")
     init_key, run_key = jax.random.split(jax.random.key(seed))
     methods = [
-        build_method(name, spec, config, stream, train, init_key)
+        build_method(name, spec, config, stream, init_key)
         for name, spec in method_specs(config, selected).items()
     ]
     for m in methods:
         if m.retrieval is not None:  # its reader trains on a task of its own
             check_epochs(settings.sampling, settings.batch_size, [m.retrieval["reader"]])
-    return Plan(config, stream, train, test, methods, run_key)
+    return Plan(config, seed, settings, checkpoints, stream, train, test, methods, run_key)
 
 
 def initial_state(method: Method, key) -> TrainState:
@@ -352,8 +291,11 @@ def initial_state(method: Method, key) -> TrainState:
 
 def configure(config: dict, overrides: list[str]) -> dict:
     """An experiment's config with --set's `overrides` ("dotted.key=value") applied, then its
-    defaults, so that a default follows the key it depends on (an initializer, model.name)."""
-    return with_defaults(apply_overrides(config, overrides, with_defaults(config)))
+    defaults, so that a default follows the key it depends on (an initializer, model.name).
+    Any registered method's hyperparameters can be set, with its defaults for the rest."""
+    reachable = with_defaults(config)
+    reachable["regularisers"] = {**registry.defaults(), **(config.get("regularisers") or {})}
+    return with_defaults(apply_overrides(config, overrides, reachable))
 
 
 DEFAULTS = (  # optional keys: (section, its names they belong to or None for all, defaults)
@@ -366,8 +308,9 @@ DEFAULTS = (  # optional keys: (section, its names they belong to or None for al
 
 
 def with_defaults(config: dict) -> dict:
-    """The config with every optional key present (so that --set can reach it). A default of
-    another kind of section (left when a sweep's --outer changed its name) is dropped."""
+    """The config with every optional key present (so that --set can reach it), and each used
+    regulariser's registered defaults under the values the config gives. A default of another
+    kind of section (left when a sweep's --outer changed its name) is dropped."""
     out = {**config, "checkpoint": {**CHECKPOINT_DEFAULTS, **config.get("checkpoint", {})}}
     for name, kinds, defaults in DEFAULTS:
         section = out.get(name)
@@ -377,6 +320,15 @@ def with_defaults(config: dict) -> dict:
             out[name] = {**defaults, **section}
         else:
             out[name] = {k: v for k, v in section.items() if k not in defaults or v != defaults[k]}
+    regs, known = dict(out.get("regularisers") or {}), registry.methods()
+    methods = out.get("methods") if isinstance(out.get("methods"), dict) else {}
+    for spec in methods.values():
+        uses = spec.get("use", []) if isinstance(spec, dict) else []
+        for reg in uses if isinstance(uses, list) else []:
+            if reg in known and isinstance(regs.get(reg, {}), dict):
+                regs[reg] = {**known[reg].defaults, **regs.get(reg, {})}
+    if regs or "regularisers" in out:
+        out["regularisers"] = regs
     return out
 
 
@@ -395,8 +347,7 @@ def execute(
     config's checkpoint section); `resume` skips methods whose results.json exists and resumes
     the others from their newest readable checkpoint, giving the numbers of an uninterrupted run.
     """
-    settings = train_settings(p.config)
-    ckpt = checkpoint_settings(p.config)
+    hooks = Hooks(on_steps, should_stop)
     out, shared = {}, None  # every method has the same model and test data: one evaluate
     for m in p.methods:
         done = run_dir / m.name / "results.json" if run_dir else None
@@ -404,41 +355,27 @@ def execute(
             out[m.name] = Results.from_json(json.loads(done.read_text()))
             if on_steps is not None:  # a progress bar counts the finished method's steps
                 on_steps(p.steps(m))
-            if on_result is not None:
-                on_result(out[m.name])
-            continue
-        if m.retrieval is not None:  # trains a reader on other facts, then only retrieves
-            folder = run_dir / m.name / "checkpoints" if run_dir is not None else None
-            out[m.name] = knowledge.run_retrieval(
-                p, m, settings, folder, resume, on_steps, should_stop
+        else:
+            reader, final = m.retrieval, {}
+            (out[m.name],), program = run_job(
+                m,
+                initial_state(m, p.key),
+                p.job(m),
+                p.checkpoints,
+                run_dir / m.name / "checkpoints" if run_dir is not None else None,
+                resume,
+                hooks,
+                stop_on_divergence=True,
+                shared=None if reader else shared,
+                on_finish=lambda s, final=final: final.update(params=s.params),
             )
-            if on_result is not None:
-                on_result(out[m.name])
-            continue
-        program, states = compile_program(
-            m, initial_state(m, p.key), p.stream, p.train, p.test, settings, shared
-        )
-        shared = program
-        progress, save = None, None
-        if run_dir is not None:
-            states, progress, save = checkpointing(
-                run_dir / m.name / "checkpoints", p.config, program, states, resume
-            )
-        (out[m.name],) = run_program(
-            m,
-            program,
-            states,
-            p.stream,
-            p.train,
-            p.test,
-            settings,
-            on_steps=on_steps,
-            stop_on_divergence=True,
-            progress=progress,
-            checkpoint=save,
-            checkpoint_every=ckpt["every_chunks"],
-            should_stop=should_stop,
-        )
+            if reader is None:
+                shared = program
+            else:  # the trained reader answers every fact set from the store
+                params = jax.tree.map(lambda a: a[0], final["params"])
+                out[m.name] = retrieval.reader_results(
+                    m.name, p.stream, m.objective, params, reader, p.settings.steps, out[m.name]
+                )
         if on_result is not None:
             on_result(out[m.name])
     return out

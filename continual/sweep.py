@@ -23,15 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from continual import runner
-from continual.checkpoint import checkpoint_settings, checkpointing
 from continual.config import ConfigError, parse_value
-from continual.loop import (
-    compile_program,
-    member_functions,
-    probe_inputs,
-    run_program,
-    trainable_mask,
-)
+from continual.loop import Hooks, Job, run_job
+from continual.program import member_functions, probe_inputs, trainable_mask
 from continual.types import Results
 
 GRID_SECTIONS = ("regularisers", "optimizer", "model")
@@ -136,13 +130,13 @@ def _program_text(method, plan, settings) -> str:
 
 def check_continuous(config: dict, method_name: str, grid: dict[str, list], plan) -> None:
     """Raises ConfigError for a grid key whose values change the compiled program."""
-    settings = runner.train_settings(config)
+    settings = plan.settings
     spec = runner.method_specs(config, [method_name])[method_name]
     base = _program_text(plan.methods[0], plan, settings)
     for key, values in grid.items():
         for value in values:
             cfg = runner.with_defaults(_with(config, {key: value}))
-            method = runner.build_method(method_name, spec, cfg, plan.stream, plan.train, plan.key)
+            method = runner.build_method(method_name, spec, cfg, plan.stream, plan.key)
             if _program_text(method, plan, settings) != base:
                 raise ConfigError(
                     f"{key} is not continuous: {key}={_fmt(value)} changes the compiled program "
@@ -155,7 +149,7 @@ def member_state(config: dict, method_name: str, plan, seed: int):
     """A member's method (built from its own config) and its initial state (member axis 1)."""
     init_key, run_key = jax.random.split(jax.random.key(seed))
     spec = runner.method_specs(config, [method_name])[method_name]
-    method = runner.build_method(method_name, spec, config, plan.stream, plan.train, init_key)
+    method = runner.build_method(method_name, spec, config, plan.stream, init_key)
     return method, runner.initial_state(method, run_key)
 
 
@@ -231,7 +225,7 @@ def _groups(config, names, grid, outer_values, seeds, keep) -> list[Group]:
                 "two grid values print alike (6 significant digits), so two "
                 "members would share a directory; use distinct values"
             )
-        steps = runner.train_settings(cfg).steps * len(plan.stream.tasks)
+        steps = plan.settings.steps * len(plan.stream.tasks)
         groups.append(Group(name, outer_values, members, cfg, plan if keep else None, steps))
     return groups
 
@@ -242,7 +236,6 @@ def run_group(
     """Trains every member of a group as one vmapped program; with a `directory` it checkpoints
     there (and resumes from it), as a run does."""
     plan = group.plan or runner.plan(group.config, [group.method])
-    settings = runner.train_settings(group.config)
     methods, states = [], []
     for member in group.members:
         cfg = _with(group.config, {**member.values, "seed": member.seed})
@@ -250,27 +243,17 @@ def run_group(
         methods.append(method)
         states.append(state)
     stacked = jax.tree.map(lambda *s: jnp.concatenate(s), *states)
-    program, stacked = compile_program(
-        methods[0], stacked, plan.stream, plan.train, plan.test, settings
-    )
-    progress, save = None, None
-    if directory is not None:
-        stacked, progress, save = checkpointing(directory, group.config, program, stacked, resume)
-    return run_program(
+    results, _ = run_job(
         methods[0],
-        program,
         stacked,
-        plan.stream,
-        plan.train,
-        plan.test,
-        settings,
+        Job(plan.stream, plan.train, plan.test, plan.settings),
+        plan.checkpoints,
+        directory,
+        resume,
+        Hooks(on_steps, should_stop),
         names=[m.name for m in group.members],
-        on_steps=on_steps,
-        progress=progress,
-        checkpoint=save,
-        checkpoint_every=checkpoint_settings(group.config)["every_chunks"],
-        should_stop=should_stop,
     )
+    return results
 
 
 def total_steps(groups: list[Group]) -> int:

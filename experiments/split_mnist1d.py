@@ -3,9 +3,15 @@
     continual run split_mnist1d                           # class-incremental
     continual sweep split_mnist1d --method ewc --grid regularisers.ewc.strength=1e0:1e6:7 --seeds 4
 
-The stream of the sweep benchmark (benchmarks/sweep_speed.py). Measured (seed 0): average final
-accuracy naive 0.152, EWC 0.138, replay 0.488, joint 0.596; about 25 s on 2 CPU cores.
+Time: about 25 s on 2 CPU cores (the sweep's time is on the results page).
+Results: docs/demos.md#split-mnist-1d (the sweep: docs/demos.md#an-ewc-sweep-on-split-mnist-1d)
+
+Naive fine-tuning, EWC, replay and joint training; the stream of the sweep benchmark
+(benchmarks/sweep_speed.py, docs/speed.md#sweeps).
 """
+
+ARGS = (None,)  # what --arg accepts: nothing
+SMOKE = {"arg": None, "set": ["train.steps=4", "train.eval_every=2"]}  # --smoke; the tests
 
 
 def get_config(arg=None):

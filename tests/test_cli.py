@@ -22,6 +22,7 @@ def run_dir(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_run_writes_the_documented_layout(run_dir):
     methods = ["article", "naive", "l2", "ewc", "replay", "joint"]
     assert json.loads((run_dir / "config.json").read_text())["train"]["steps"] == 200
@@ -132,7 +133,7 @@ BAD = {
     ),
     "unknown mnist1d_baselines argument": (
         ["run", "mnist1d_baselines", "--arg", "resnet"],
-        "--arg must be one of mlp, cnn",
+        "--arg must be one of no argument, 'mlp', 'cnn'; got 'resnet'",
     ),
     "negative replay weight": (
         ["run", "linear_toy", "--set", "regularisers.replay.weight=-1"],
@@ -229,6 +230,7 @@ def test_read_only_output_directory(tmp_path, capsys):
     assert err.count("\n") == 1 and "cannot create run directory" in err
 
 
+@pytest.mark.slow
 def test_console_script_in_a_subprocess(tmp_path):
     cmd = [
         sys.executable,

@@ -6,6 +6,7 @@ import pytest
 from continual.data import mnist1d, synthetic
 
 
+@pytest.mark.slow
 def test_mnist1d_is_generated_cached_and_regenerated_when_corrupt(tmp_path):
     x_train, y_train, x_test, y_test = mnist1d.load(cache=tmp_path)
     assert x_train.shape == (4000, 40) and x_test.shape == (1000, 40)

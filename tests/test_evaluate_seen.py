@@ -62,6 +62,7 @@ def both():
     return {ev: runner.run(tiny_config(ev))[1] for ev in ("all", "seen")}
 
 
+@pytest.mark.slow
 def test_seen_gives_the_lower_triangle_and_final_row_of_all(both):
     for name in ("naive", "ewc"):
         full, seen = np.array(both["all"][name].matrix), np.array(both["seen"][name].matrix)
@@ -138,6 +139,7 @@ def test_another_value_is_a_config_error_naming_the_allowed_ones(value):
 
 # should_stop turns true at its k-th call (calls: after every chunk, and after every task):
 # k = 1 stops in the middle of the first task, k = 3 at its end, k = 5 in the second task.
+@pytest.mark.slow
 @pytest.mark.parametrize("k", [1, 3, 5])
 def test_a_resumed_run_equals_an_uninterrupted_one(both, tmp_path, k):
     config = tiny_config("seen")
@@ -158,6 +160,7 @@ def test_a_resumed_run_equals_an_uninterrupted_one(both, tmp_path, k):
     assert comparable(resumed) == comparable(both["seen"]["ewc"])
 
 
+@pytest.mark.slow
 def test_a_sweep_evaluates_seen_tasks_and_matches_all():
     grid = {"regularisers.ewc.strength": [0.5, 50.0]}
     out = {}

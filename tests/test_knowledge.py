@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from continual import knowledge, runner
+from continual import reload, retrieval, runner
 from continual.cli import main
 from continual.config import ConfigError
 from continual.data.facts import fact_text, renderings
@@ -16,10 +16,11 @@ from continual.data.text import END, PAD
 from continual.generate import make_generate
 from continual.losses import answers
 from continual.models.transformer import Transformer
+from continual.streams.knowledge import facts as fact_stream
 
 
 def test_sequences_are_question_then_answer_with_targets_on_the_answer_only():
-    s = knowledge.facts(num_entities=4, num_sets=2, context=64)
+    s = fact_stream(num_entities=4, num_sets=2, context=64)
     tok, task = s.tokenizer, s.tasks[1]
     assert s.likelihood == "answers" and s.task_names == ["set0", "set1"]
     facts = s.bank.sets[1]
@@ -31,7 +32,7 @@ def test_sequences_are_question_then_answer_with_targets_on_the_answer_only():
     assert tok.decode(y) == answer + "[end]"
     start = len(question) - 1  # the question's last character predicts the answer's first
     assert (y[:start] == PAD).all() and y[start] != PAD and y[start + len(answer)] == END
-    heldout = knowledge.facts(num_entities=4, num_sets=2, context=64, test_templates="heldout")
+    heldout = fact_stream(num_entities=4, num_sets=2, context=64, test_templates="heldout")
     assert len(heldout.tasks[1].test["x"]) == 2 * len(facts)
     assert tok.decode(heldout.tasks[1].test["x"][0]).startswith(
         renderings(facts[0], "heldout")[0][0]
@@ -56,11 +57,12 @@ def _train(model, params, x, y, steps):
     return run(params), mask
 
 
+@pytest.mark.slow
 def test_exact_match_equals_greedy_decoding_until_end():
     # Trained on the training templates, tested on those and on unseen paraphrases: some answers
     # come out right, some wrong; the one-pass metric must agree with decoding every question.
-    s = knowledge.facts(num_entities=3, num_sets=1, context=64, include_demo=True)
-    heldout = knowledge.facts(num_entities=3, num_sets=1, context=64, test_templates="heldout")
+    s = fact_stream(num_entities=3, num_sets=1, context=64, include_demo=True)
+    heldout = fact_stream(num_entities=3, num_sets=1, context=64, test_templates="heldout")
     tok = s.tokenizer
     model = Transformer(tok.vocab_size, num_layers=1, d_model=32, num_heads=2, context=64)
     train = s.tasks[0].train
@@ -91,8 +93,8 @@ def test_sampled_fisher_reads_only_the_answer_positions():
 
 
 def test_retrieval_rows_grow_the_store_set_by_set():
-    s = knowledge.facts(num_entities=6, num_sets=3, context=160, reader_entities=2)
-    rows = knowledge.RetrievalRows(s, k=1)
+    s = fact_stream(num_entities=6, num_sets=3, context=160, reader_entities=2)
+    rows = retrieval.RetrievalRows(s, k=1)
     recall = rows.recall
     assert recall.shape == (4, 3) and (recall[0] == 0).all()
     assert all(recall[r, j] == 0 for r in range(4) for j in range(r, 3))  # not yet stored
@@ -106,9 +108,9 @@ def test_retrieval_rows_grow_the_store_set_by_set():
 
 
 def test_the_reader_trains_on_other_entities_with_the_gold_fact_in_every_prompt():
-    s = knowledge.facts(num_entities=4, num_sets=2, context=200, reader_entities=5)
+    s = fact_stream(num_entities=4, num_sets=2, context=200, reader_entities=5)
     assert not {f.entity_id for f in s.bank.reader} & {f.entity_id for f in s.bank.facts}
-    task = knowledge.reader_task(s, k=2)
+    task = retrieval.reader_task(s, k=2)
     assert len(task.train["x"]) == 3 * len(s.bank.reader)
     for i, fact in enumerate(s.bank.reader):
         for t in range(3):
@@ -116,7 +118,7 @@ def test_the_reader_trains_on_other_entities_with_the_gold_fact_in_every_prompt(
             facts_in_prompt = prompt.split("\n")[:-1]
             assert len(facts_in_prompt) == 2 and fact_text(fact) in facts_in_prompt
     with pytest.raises(ValueError, match="reader_entities"):
-        knowledge.reader_task(knowledge.facts(num_entities=2, num_sets=1, context=160), 1)
+        retrieval.reader_task(fact_stream(num_entities=2, num_sets=1, context=160), 1)
 
 
 def _config(**stream):
@@ -161,6 +163,7 @@ def tiny_run(tmp_path_factory):
     return out / "knowledge" / "t"
 
 
+@pytest.mark.slow
 def test_every_way_writes_exact_match_matrices_and_the_old_vs_new_plot(tiny_run):
     names = ["joint", "naive", "ewc", "l2", "replay", "lwf", "retrieval"]
     for name in names:
@@ -180,6 +183,7 @@ def test_every_way_writes_exact_match_matrices_and_the_old_vs_new_plot(tiny_run)
     assert (tiny_run / "retrieval" / "checkpoints").is_dir()
 
 
+@pytest.mark.slow
 def test_generate_with_retrieval_puts_the_fact_into_the_prompt(tiny_run, capsys):
     argv = ["generate", str(tiny_run), "--method", "retrieval", "--prompt", "故宫在哪里?"]
     assert main([*argv, "--max-new-tokens", "3"]) == 0
@@ -189,6 +193,7 @@ def test_generate_with_retrieval_puts_the_fact_into_the_prompt(tiny_run, capsys)
     assert "retrieved" not in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_a_model_that_learned_the_article_fact_answers_it(tmp_path, capsys):
     sets = ["stream.num_entities=1", "stream.num_sets=1", "train.steps=150", "train.eval_every=150"]
     argv = ["run", "knowledge", "--arg", "tiny", "--out", str(tmp_path), "--name", "demo"]
@@ -262,10 +267,11 @@ def test_an_empty_retrieval_section_still_retrieves(tiny_run, tmp_path):
     config["methods"]["retrieval"]["retrieval"] = {}
     (tmp_path / "config.json").write_text(json.dumps(config))
     (tmp_path / "run.json").write_text((tiny_run / "run.json").read_text())
-    prompt, facts = knowledge.prompt_for(tmp_path, "retrieval", "故宫在哪里?")
+    prompt, facts = reload.prompt_for(tmp_path, "retrieval", "故宫在哪里?")
     assert facts == ["故宫位于北京市。"] and prompt == "故宫位于北京市。\n故宫在哪里?"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "argv, message",
     [
@@ -291,6 +297,7 @@ def test_bad_knowledge_configs_are_one_line_exit_2_nothing_written(tmp_path, cap
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_a_killed_reader_resumes_to_the_uninterrupted_results(tiny_run, tmp_path):
     from test_resume import cli
 

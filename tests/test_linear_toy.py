@@ -13,6 +13,7 @@ def article():
     return run(linear_toy.get_config())
 
 
+@pytest.mark.slow
 def test_after_task_a_the_line_is_a1_b4(article):
     for name, r in article.items():
         if name == "joint":

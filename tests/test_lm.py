@@ -152,6 +152,7 @@ def test_tiny_corpora_split_and_windows():
         text.windows(ids[:4], 4)
 
 
+@pytest.mark.slow
 def test_make_and_shapes(model_and_params):
     model, params = model_and_params
     assert make("transformer", 40, num_layers=2, d_model=32, num_heads=4, context=16) == model
@@ -166,6 +167,7 @@ def test_make_and_shapes(model_and_params):
         jax.eval_shape(tiny_model(num_heads=3).init, jax.random.key(0), tokens)
 
 
+@pytest.mark.slow
 def test_causality_and_cached_decoding(model_and_params):
     model, params = model_and_params
     tokens = jax.random.randint(jax.random.key(1), (2, 16), 3, 40)
@@ -185,6 +187,7 @@ def test_causality_and_cached_decoding(model_and_params):
     np.testing.assert_allclose(jax.jit(decode_all)(params, tokens), before, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_cached_and_uncached_generation_agree(model_and_params):
     model, params = model_and_params
     prompt = jax.random.randint(jax.random.key(3), (3, 6), 3, 40)
@@ -228,6 +231,7 @@ def test_prompt_longer_than_context(model_and_params):
         make_generate(model, max_len=18)
 
 
+@pytest.mark.slow
 def test_trained_model_answers_and_stops_at_end():
     tok = CharTokenizer.build(["故宫在哪里?在北京"])
     ids = tok.encode("故宫在哪里?在北京", end=True)

@@ -70,6 +70,7 @@ def test_next_token_likelihood_closed_forms():
     assert (y[:30] == text.PAD).all() and (y[30:] != text.PAD).all()
 
 
+@pytest.mark.slow
 def test_sampled_token_fisher_averages_to_the_exact_one():
     # The loss is a mean over L positions: the squared gradient of one sampled window is 1/L of
     # its Fisher in expectation, which EWC multiplies back (the exact estimator's scale).
@@ -101,6 +102,7 @@ def tiny_run(tmp_path_factory):
     return out / "lm_domains" / "t"
 
 
+@pytest.mark.slow
 def test_every_method_runs_on_text_with_bits_and_accuracy(tiny_run):
     assert text.CharTokenizer.from_json((tiny_run / "tokenizer.json").read_text())
     for name in METHODS:
@@ -157,16 +159,17 @@ def data_parallel_run() -> dict:
     step sums gradients over devices."""
     from continual import runner
     from continual.experiments import lm_domains
-    from continual.loop import compile_program, run_program
+    from continual.loop import run_program
+    from continual.program import compile_program
 
     config = lm_domains.get_config("tiny")
     config["model"].update(num_layers=1, d_model=32, num_heads=2)
     config["train"].update(steps=10, eval_every=5, batch_size=8)
     p = runner.plan(config, ["naive"])
-    m, settings = p.methods[0], runner.train_settings(config)
+    m, settings = p.methods[0], p.settings
     state = runner.initial_state(m, p.key)
     program, states = compile_program(m, state, p.stream, p.train, p.test, settings)
-    (r,) = run_program(m, program, states, p.stream, p.train, p.test, settings)
+    (r,) = run_program(m, program, states, p.stream, settings)
     return {
         "devices": len(jax.local_devices()),
         "all_reduce": "all-reduce" in program.chunk.as_text(),
@@ -183,6 +186,7 @@ print(json.dumps(data_parallel_run()))
 """
 
 
+@pytest.mark.slow
 def test_a_run_on_four_devices_shards_the_batch_and_gives_the_numbers_of_one():
     four, one = on_four_devices(FOUR_DEVICES), data_parallel_run()
     assert four["devices"] == 4 and four["all_reduce"]  # gradients summed over the devices

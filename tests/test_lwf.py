@@ -16,6 +16,7 @@ def _softmax(z):
     return e / e.sum(-1, keepdims=True)
 
 
+@pytest.mark.slow
 def test_lwf_is_a_temperature_scaled_kl_to_the_previous_model():
     strength, temp = 1.5, 3.0
     reg = lwf(OBJ, strength=strength, temperature=temp)

@@ -5,12 +5,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from continual import runner
 from continual.regularisers import (
     agem,
     der,
     gem,
     lwf,
+    registry,
     replay,
 )
 from continual.regularisers.agem import project, tree_dot
@@ -70,6 +70,7 @@ def test_reservoir_holds_a_uniform_sample():
     assert np.abs(counts - expected).max() < 0.45 * expected  # ~5 standard deviations
 
 
+@pytest.mark.slow
 def test_reservoir_keeps_every_task_represented():
     reg = replay(OBJ, capacity=12, example_x=X0, example_y=Y0)
     s = reg.init(PARAMS)
@@ -111,6 +112,7 @@ def test_agem_reference_is_the_memory_gradient():
     assert float(tree_dot(got, ref)) >= -1e-5 * float(tree_dot(ref, ref))
 
 
+@pytest.mark.slow
 def test_der_stores_the_model_outputs_and_matches_them():
     alpha, beta = 0.7, 0.4
     reg = der(OBJ, capacity=6, example_x=X0, example_y=Y0, alpha=alpha, beta=beta)
@@ -150,6 +152,7 @@ def _group_rows(memory):
     ]
 
 
+@pytest.mark.slow
 def test_class_balanced_memory_holds_per_class_of_each_group_seen():
     reg = replay(OBJ, 18, X0, Y0, selection="class_balanced", per_class=3, groups=GROUPS)
     s = reg.init(PARAMS)
@@ -189,6 +192,7 @@ def test_class_balanced_choice_is_uniform_within_a_group():
     assert np.abs(counts - expected).max() < 0.4 * expected
 
 
+@pytest.mark.slow
 def test_memory_samples_draw_only_filled_slots():
     reg = replay(OBJ, 12, X0, Y0, selection="class_balanced", per_class=2, groups=GROUPS)
     s = reg.consolidate(reg.init(PARAMS), PARAMS, task_data(1), jax.random.key(0))
@@ -206,14 +210,14 @@ def test_memory_samples_draw_only_filled_slots():
 
 
 def test_runner_builds_class_balanced_groups_from_the_stream():
-    build = runner.REGULARISERS["replay"]
-    reg = build(OBJ, STREAM, None, capacity=12, selection="class_balanced")
+    context = registry.context(OBJ, STREAM)
+    reg = registry.build("replay", context, {"capacity": 12, "selection": "class_balanced"})
     assert reg.init(PARAMS).memory.filled.shape == (12,)  # 6 (task, class) groups x 2
     s = reg.consolidate(reg.init(PARAMS), PARAMS, task_data(2), jax.random.key(0))
     assert sorted({(t, y) for t, y, _ in _group_rows(s.memory)}) == GROUPS[4:]
-    derpp = runner.REGULARISERS["derpp"](OBJ, STREAM, None, capacity=8)
+    derpp = registry.build("derpp", context, {"capacity": 8})
     assert float(derpp.init(PARAMS).beta) == 0.5
-    assert float(runner.REGULARISERS["der"](OBJ, STREAM, None, capacity=8).init(PARAMS).beta) == 0
+    assert float(registry.build("der", context, {"capacity": 8}).init(PARAMS).beta) == 0
 
 
 def _constraints(rng, k, shapes=((3, 2), (4,))):
@@ -269,6 +273,7 @@ def test_gem_projection_solves_the_quadratic_program():
         assert (gz >= -tol).all() and (v >= -tol).all() and (np.abs(v * gz) <= tol).all()
 
 
+@pytest.mark.slow
 def test_gem_keeps_one_memory_per_task_and_projects_with_them():
     reg = gem(OBJ, num_tasks=3, memory_per_task=5, example_x=X0, example_y=Y0, margin=0.0)
     s = reg.init(PARAMS)

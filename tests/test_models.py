@@ -14,6 +14,7 @@ def _layers(name, initializer, x, **kwargs):
     return model.init(jax.random.key(0), x)["params"]
 
 
+@pytest.mark.slow
 def test_torch_draws_weights_and_biases_uniformly_within_one_over_root_fan_in():
     # PyTorch's nn.Linear / nn.Conv1d default: U(-b, b), b = 1 / sqrt(fan_in), biases too.
     mlp = _layers("mlp", "torch", jnp.zeros((1, 784)), widths=[400])

@@ -154,6 +154,7 @@ def reference(tmp_path_factory):
     return out / "split_blobs" / "one"
 
 
+@pytest.mark.slow
 def test_two_processes_stop_together_resume_and_give_the_numbers_of_one(reference, tmp_path):
     cache = tmp_path / "cache"  # shared by the two jobs: the second compiles nothing
     argv = [*SWEEP, "--out", str(tmp_path / "runs"), "--name", "x"]
@@ -196,6 +197,7 @@ def test_process_flags_need_distributed(capsys, tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_distributed_without_a_coordinator_is_one_line(tmp_path):
     env = {
         k: v

@@ -18,6 +18,7 @@ from continual.regularisers import (
     lwf,
     mas,
     output_sensitivity,
+    registry,
     replay,
     si,
 )
@@ -68,13 +69,33 @@ FACTORIES = {
     "gem": lambda: gem(OBJ, num_tasks=3, memory_per_task=5, example_x=X0, example_y=Y0),
     "lwf+agem": lambda: chain(lwf(OBJ), agem(OBJ, capacity=10, example_x=X0, example_y=Y0)),
 }
-QUADRATIC = {"l2", "ewc_separate", "ewc_online", "ewc_sampled", "ewc_empirical", "si", "mas"}
-ANCHORED = {
-    "lwf",
-    "lwf_all",
-    "lwf+agem",
-}  # zero at the parameters it consolidated, positive elsewhere
-PROJECTIONS = {"agem", "agem_balanced", "gem", "lwf+agem"}  # transform the gradient
+# The variants above, by the contract they keep (continual.regularisers.registry.CONTRACTS);
+# every registered method runs too, as "registered:<name>" with its registered contract.
+CONTRACT = {
+    "naive": "none",
+    **dict.fromkeys(
+        ["l2", "ewc_separate", "ewc_online", "ewc_sampled", "ewc_empirical", "si", "mas"],
+        "quadratic",
+    ),
+    **dict.fromkeys(["lwf", "lwf_all"], "anchored"),
+    **dict.fromkeys(["agem", "agem_balanced", "gem", "lwf+agem"], "projection"),
+}
+CONTEXT = registry.context(OBJ, STREAM)
+
+
+def _registered(name):
+    """A registered method built as the runner builds it, with a memory the tiny stream fills."""
+    small = {"capacity": 10, "memory_per_task": 5}
+    spec = registry.methods()[name]
+    return lambda: registry.build(
+        name, CONTEXT, {k: v for k, v in small.items() if k in spec.defaults}
+    )
+
+
+for _name, _spec in registry.methods().items():
+    FACTORIES[f"registered:{_name}"] = _registered(_name)
+    CONTRACT[f"registered:{_name}"] = _spec.contract
+CONTRACT.setdefault("lwf+agem", "projection")
 
 
 def hooks(reg, jitted):
@@ -82,15 +103,47 @@ def hooks(reg, jitted):
     return [jax.jit(f) if jitted else f for f in fns]
 
 
-def importance(name, state):
-    """The F of a quadratic penalty, summed over slots, and its anchor (last slot)."""
-    if name == "l2":
-        return jax.tree.map(jnp.ones_like, PARAMS), state.strength
-    if name == "ewc_online":
-        return state.fisher, state.strength
-    if name in ("si", "mas"):  # c * sum Omega (theta - theta*)^2: gradient 2 c Omega (...)
-        return jax.tree.map(lambda o: 2.0 * o, state.omega), state.strength
+def _slot0(state):
     return jax.tree.map(lambda f: f[0], state.fisher), state.strength
+
+
+def _doubled(field):  # c * sum Omega (theta - theta*)^2: gradient 2 c Omega (...)
+    return lambda state: (jax.tree.map(lambda o: 2.0 * o, getattr(state, field)), state.strength)
+
+
+# The F (and strength) of each quadratic variant's penalty, read from its state: its gradient at
+# theta is strength * F * (theta - theta*) (separate EWC: its first slot, the one filled).
+IMPORTANCE = {
+    "l2": lambda state: (jax.tree.map(jnp.ones_like, PARAMS), state.strength),
+    "ewc_online": lambda state: (state.fisher, state.strength),
+    "si": _doubled("omega"),
+    "mas": _doubled("omega"),
+    "ewc_separate": _slot0,
+    "ewc_sampled": _slot0,
+    "ewc_empirical": _slot0,
+    "registered:rwalk": _doubled("importance"),
+}
+
+
+def check_quadratic(penalty):
+    """`penalty(theta)` is a diagonal quadratic bowl at PARAMS, known from its values alone:
+    zero there, gradient linear and diagonal in d = theta - PARAMS, penalty = <gradient, d> / 2."""
+    assert float(penalty(PARAMS)) == pytest.approx(0.0, abs=1e-12)  # zero at the anchor
+    d = jax.tree.map(lambda a, b: a - b, moved(PARAMS), PARAMS)
+    at = lambda scale, mask=None: jax.tree.map(  # noqa: E731
+        lambda p, di: p + scale * di * (1.0 if mask is None else mask(di)), PARAMS, d
+    )
+    grad = jax.grad(penalty)
+    g1, g2, g_neg = grad(at(1.0)), grad(at(2.0)), grad(at(-1.0))
+    half = lambda di: (jnp.arange(di.size).reshape(di.shape) % 2).astype(di.dtype)  # noqa: E731
+    g_half = grad(at(1.0, half))
+    for a, b, c, h, di in zip(*map(jax.tree.leaves, (g1, g2, g_neg, g_half, d)), strict=True):
+        np.testing.assert_allclose(b, 2 * a, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(c, -a, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(h, a * half(di), rtol=1e-5, atol=1e-7)  # diagonal
+    leaves = zip(jax.tree.leaves(g1), jax.tree.leaves(d), strict=True)
+    inner = sum(float(jnp.vdot(a, di)) for a, di in leaves)
+    assert float(penalty(at(1.0))) == pytest.approx(inner / 2, rel=1e-5, abs=1e-9)
 
 
 @pytest.fixture(params=[False, True], ids=["eager", "jit"])
@@ -120,22 +173,23 @@ def test_contract(name, jitted):
     # Shapes and dtypes never change across consolidations (nothing recompiles).
     for s in (state1, state2):
         assert jax.tree.map(lambda a: (a.shape, a.dtype), s) == shapes
-    if name in QUADRATIC:
-        value, _ = penalty(PARAMS, state1, batch(), key)
-        assert float(value) == pytest.approx(0.0, abs=1e-12)  # zero at the anchor
-        theta = moved(PARAMS)
-        g = jax.grad(lambda p: penalty(p, state1, batch(), key)[0])(theta)
-        f, lam = importance(name, state1)
-        expected = jax.tree.map(lambda fi, t, a: lam * fi * (t - a), f, theta, PARAMS)
-        for got, want in zip(jax.tree.leaves(g), jax.tree.leaves(expected), strict=True):
-            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
-    elif name in ANCHORED:
+    contract = CONTRACT.get(name, "memory")
+    if contract == "quadratic":
+        check_quadratic(lambda p: penalty(p, state1, batch(), key)[0])
+        if name in IMPORTANCE:  # and its F is the one the method says it keeps
+            theta = moved(PARAMS)
+            g = jax.grad(lambda p: penalty(p, state1, batch(), key)[0])(theta)
+            f, lam = IMPORTANCE[name](state1)
+            expected = jax.tree.map(lambda fi, t, a: lam * fi * (t - a), f, theta, PARAMS)
+            for got, want in zip(jax.tree.leaves(g), jax.tree.leaves(expected), strict=True):
+                np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+    elif contract == "anchored":
         assert float(penalty(PARAMS, state1, batch(), key)[0]) == pytest.approx(0.0, abs=1e-7)
         assert float(penalty(moved(PARAMS), state1, batch(), key)[0]) > 1e-4
-    elif name not in PROJECTIONS and name != "naive":
+    elif contract == "memory":
         value, _ = penalty(PARAMS, state1, batch(), key)
         assert float(value) > 0  # replay, DER: a loss on stored examples
-    if name in PROJECTIONS:
+    if contract == "projection":
         # Identity while the memory is empty; a gradient against task 0 changes once it is not.
         g = opposing()
         assert leaves_equal(transform(g, PARAMS, init(PARAMS), batch(), key), g)
@@ -146,6 +200,7 @@ def test_contract(name, jitted):
             assert float(penalty(moved(PARAMS), state2, batch(), key)[0]) == 0.0
 
 
+@pytest.mark.slow
 def test_jit_and_eager_agree():
     grads = opposing()
     for name, factory in FACTORIES.items():
@@ -222,6 +277,7 @@ def _brute_fisher(estimator, data, key=None):
     return jax.tree.map(lambda t: t / n, total)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("estimator", ["exact", "empirical"])
 def test_fisher_matches_brute_force(estimator):
     data = task_data(1)
@@ -240,6 +296,7 @@ def test_exact_fisher_of_dense_networks_needs_no_per_example_gradients():
     assert dense_layers(cnn.apply, cnn.init(jax.random.key(0), x), x) is None
 
 
+@pytest.mark.slow
 def test_sampled_fisher_averages_to_exact():
     data = task_data(2)
     exact = fisher_diagonal(OBJ, PARAMS, data, jax.random.key(0), "exact")
@@ -251,6 +308,7 @@ def test_sampled_fisher_averages_to_exact():
         assert np.abs(m - e).sum() <= 0.1 * np.abs(e).sum()
 
 
+@pytest.mark.slow
 def test_fisher_ignores_padding_and_subsamples():
     data = task_data(0)
     n = int(data["weight"].sum())

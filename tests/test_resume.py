@@ -65,6 +65,7 @@ def reference(tmp_path_factory):
     return results(out / "split_blobs" / "full")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "fault", ["chunk:3", "task:1", "task:3", "checkpoint_write:2", "checkpoint_write:5"]
 )
@@ -77,6 +78,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_results(fault, reference, t
     assert results(run_dir) == reference
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_and_exits_cleanly(reference, tmp_path):
     stopped = cli([*RUN, "--out", str(tmp_path), "--name", "x"], tmp_path, fault="chunk:2:TERM")
     assert stopped.returncode == 128 + 15, stopped.stderr
@@ -87,6 +89,7 @@ def test_sigterm_checkpoints_and_exits_cleanly(reference, tmp_path):
     assert results(run_dir) == reference
 
 
+@pytest.mark.slow
 def test_a_corrupt_newest_checkpoint_is_skipped_with_a_warning(reference, tmp_path):
     killed = cli([*RUN, "--out", str(tmp_path), "--name", "x"], tmp_path, fault="chunk:4")
     assert killed.returncode == -9
@@ -102,6 +105,7 @@ def test_a_corrupt_newest_checkpoint_is_skipped_with_a_warning(reference, tmp_pa
     assert results(tmp_path / "split_blobs" / "x") == reference
 
 
+@pytest.mark.slow
 def test_existing_run_needs_resume_or_overwrite_and_the_same_config(reference, tmp_path):
     base = [*RUN, "--out", str(tmp_path), "--name", "x"]
     assert cli(base, tmp_path).returncode == 0
@@ -145,6 +149,7 @@ def sweep_members(run_dir: Path) -> list:
     return out
 
 
+@pytest.mark.slow
 def test_a_killed_sweep_resumes_to_the_same_numbers(tmp_path):
     full = cli([*SWEEP, "--out", str(tmp_path), "--name", "full"], tmp_path)
     assert full.returncode == 0, full.stderr
@@ -192,6 +197,7 @@ def test_a_checkpoint_of_another_state_layout_is_an_error_not_a_corruption(tmp_p
     assert (folder / "1").is_dir() and not (tmp_path / "m" / "corrupt_checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_a_resumed_run_reports_the_steps_done_before_to_its_progress_bar(tmp_path):
     from test_sweep import tiny_config
 

@@ -53,6 +53,7 @@ def observe_counts(state):
     return np.asarray(state.reg_state)
 
 
+@pytest.mark.slow
 def test_shuffle_uses_every_example_once_per_epoch_and_drops_the_remainder():
     state, go, _ = chunks("shuffle", batch_size=3, num_steps=3)  # task A: 3 batches, 1 left
     before, left_out = observe_counts(state), []
@@ -81,6 +82,7 @@ def test_uniform_draws_with_replacement():
     assert seen.max() > 9  # 30 batches of 3 over 10 examples: not 9 each as epochs would give
 
 
+@pytest.mark.slow
 def test_a_chunk_starting_mid_epoch_continues_that_epoch():
     state, whole, _ = chunks("shuffle", batch_size=4, num_steps=5)
     _, first, _ = chunks("shuffle", batch_size=4, num_steps=2)
@@ -126,6 +128,7 @@ def run_toy(eval_every, **train):
     return run(config)
 
 
+@pytest.mark.slow
 def test_a_run_in_chunks_equals_one_chunk_per_task():
     # Chunks of 8 steps start mid-epoch (3 batches an epoch on A): the same numbers as 40 at once.
     whole, parts = run_toy(40, sampling="shuffle"), run_toy(8, sampling="shuffle")

@@ -90,6 +90,7 @@ def test_permuted_and_split_mnist1d_name_their_tasks_and_other_reading():
     assert name == "task_aware" and own.sum(axis=1).tolist() == [2] * 5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scenario", ["class", "task"])
 def test_runs_report_the_other_reading_of_accuracy(scenario):
     config = copy.deepcopy(split_blobs.get_config())

@@ -1,5 +1,6 @@
 """Sweeps: one vmapped program equals its members run alone, on one device or four, to the bit
-on CPU (loop.compile_lowered's options keep a member's arithmetic the same with a member axis)."""
+on CPU (program.compile_lowered's options keep a member's arithmetic the same with a member
+axis)."""
 
 import copy
 import json
@@ -9,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from continual import loop, runner
+from continual import program, runner
 from continual import sweep as sw
 from continual.cli import main
 
@@ -17,7 +18,7 @@ from helpers import on_four_devices, run
 
 
 def exact() -> bool:
-    """On CPU, where loop.compile_lowered's options apply (not at import: test_multihost's
+    """On CPU, where program.compile_lowered's options apply (not at import: test_multihost's
     processes import this file before jax.distributed.initialize)."""
     return jax.default_backend() == "cpu"
 
@@ -55,10 +56,11 @@ def sweep_results(config, grid, seeds, method, outer=None):
     return groups, [sw.run_group(g) for g in groups]
 
 
+@pytest.mark.slow
 def test_a_vmapped_sweep_equals_each_member_run_alone():
     config = tiny_config()
     # Shapes at which XLA's default CPU fusions do sum differently with a member axis (at the
-    # smallest ones they happen not to): this fails with loop._cpu_options = None.
+    # smallest ones they happen not to): this fails with program._cpu_options = None.
     config["stream"].update(dim=40, spread=8.0, test_per_class=100)
     config["model"]["widths"] = [100]
     config["train"]["batch_size"] = 32
@@ -92,6 +94,7 @@ def test_a_diverging_member_is_frozen_and_marked_while_others_finish():
     assert_same(good.matrix, single.matrix)
 
 
+@pytest.mark.slow
 def test_outer_values_are_separate_programs():
     config = tiny_config()
     groups, results = sweep_results(
@@ -109,6 +112,7 @@ def test_outer_values_are_separate_programs():
     assert len(table) == 4 and all(row["n"] == 1 for row in table)
 
 
+@pytest.mark.slow
 def test_a_stream_drawn_from_the_seed_makes_one_program_per_seed_pooled_in_the_table():
     config = tiny_config()
     config["stream"]["class_order"] = "shuffled"  # each seed its own pairs of classes
@@ -153,6 +157,7 @@ print(json.dumps([r.matrix for r in results]))
 """
 
 
+@pytest.mark.slow
 def test_four_devices_give_the_numbers_of_one():
     four = on_four_devices(FOUR_DEVICES)
     _, (one,) = sweep_results(
@@ -166,11 +171,11 @@ def test_a_jax_without_the_compiler_options_compiles_without_them(monkeypatch):
     if not exact():
         pytest.skip("the options are XLA:CPU's")
     options = {"xla_cpu_no_such_option": True, "xla_cpu_use_fusion_emitters": False}
-    monkeypatch.setattr(loop, "_cpu_options", options)
+    monkeypatch.setattr(program, "_cpu_options", options)
     with pytest.warns(UserWarning, match="lacks the compile option xla_cpu_no_such_option"):
-        compiled = loop.compile_lowered(jax.jit(lambda x: x + 1).lower(jnp.float32(1)))
+        compiled = program.compile_lowered(jax.jit(lambda x: x + 1).lower(jnp.float32(1)))
     assert compiled(jnp.float32(1)) == 2
-    assert loop._cpu_options == {"xla_cpu_use_fusion_emitters": False}  # the known one stays
+    assert program._cpu_options == {"xla_cpu_use_fusion_emitters": False}  # the known one stays
 
 
 def test_defaults_follow_outer_values():
@@ -193,6 +198,7 @@ def test_defaults_follow_outer_values():
         sw.plan_sweep(runner.configure(config, []), {"model.name": ["mlp", "linear"]}, 1, {}, None)
 
 
+@pytest.mark.slow
 def test_checkpoint_folders_name_the_program_not_its_position():
     config = tiny_config()
     strengths = {"regularisers.ewc.strength": [1.0, 10.0]}
@@ -281,6 +287,7 @@ def test_bad_sweeps_are_one_line_exit_2_nothing_written(case, tmp_path, capsys, 
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_a_fisher_over_many_shared_examples_is_the_same_alone_and_in_a_sweep():
     if not exact():
         pytest.skip("the options are XLA:CPU's")
@@ -308,9 +315,9 @@ def test_a_fisher_over_many_shared_examples_is_the_same_alone_and_in_a_sweep():
     def fisher(params):
         return fisher_diagonal(objective, params, data, jax.random.key(1), "exact")
 
-    sweep = loop.compile_lowered(jax.jit(jax.vmap(fisher)).lower(members))(members)
+    sweep = program.compile_lowered(jax.jit(jax.vmap(fisher)).lower(members))(members)
     one = jax.tree.map(lambda a: a[:1], members)
-    alone = loop.compile_lowered(jax.jit(jax.vmap(fisher)).lower(one))
+    alone = program.compile_lowered(jax.jit(jax.vmap(fisher)).lower(one))
     for i in range(8):
         got = alone(jax.tree.map(lambda a, i=i: a[i : i + 1], members))
         for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(sweep), strict=True):

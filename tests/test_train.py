@@ -30,6 +30,7 @@ class CompileCounter:
 COUNTER = CompileCounter()
 
 
+@pytest.mark.slow
 def test_nothing_compiles_after_the_first_chunk():
     # Three tasks of different sizes: every task switch changes values (task index, sizes,
     # freeze mask), never shapes, so the executables compiled before the first step serve all.
@@ -75,6 +76,7 @@ def test_freeze_applies_after_the_first_task_only():
     assert a0 != 0.0 and a1 == a0
 
 
+@pytest.mark.slow
 def test_same_seed_same_numbers_other_seed_other_numbers():
     config = blobs_config(["naive"])
     first, again = run(config)["naive"], run(config)["naive"]
@@ -115,6 +117,7 @@ def blobs_config(methods, scenario="task"):
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scenario", ["task", "class", "domain"])
 def test_classification_stream_runs_every_method(scenario):
     results = run(blobs_config(["naive", "ewc", "replay", "ewc+replay", "joint"], scenario))

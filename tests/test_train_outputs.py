@@ -151,6 +151,7 @@ def runs():
     return {outputs: runner.run(blobs_config(outputs))[1] for outputs in ("seen", "all")}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["naive", "er"])
 def test_training_never_moves_the_outputs_of_classes_still_to_come(runs, method):
     seen = runs["seen"][method]

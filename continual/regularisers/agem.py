@@ -19,7 +19,14 @@ import jax
 import jax.numpy as jnp
 
 from continual.regularisers.base import regulariser, trained_as
-from continual.regularisers.replay import Buffer, episodic_memory, sample_buffer
+from continual.regularisers.registry import MethodSpec
+from continual.regularisers.replay import (
+    MEMORY_DEFAULTS,
+    Buffer,
+    episodic_memory,
+    memory_kwargs,
+    sample_buffer,
+)
 
 
 class AGEMState(NamedTuple):
@@ -68,3 +75,12 @@ def agem(
         return AGEMState(memory.insert(state.memory, data, key))
 
     return regulariser("agem", init, transform=transform, consolidate=consolidate)
+
+
+METHODS = {
+    "agem": MethodSpec(
+        lambda ctx, **kw: agem(ctx.objective, **memory_kwargs(ctx, kw), **kw),
+        MEMORY_DEFAULTS,
+        "projection",
+    ),
+}

@@ -22,6 +22,7 @@ import numpy as np
 
 from continual.losses import weighted_mean
 from continual.regularisers.base import check_nonnegative, regulariser, trained_as
+from continual.regularisers.registry import MethodSpec
 from continual.regularisers.replay import Buffer, empty_buffer, reservoir_insert, sample_buffer
 
 
@@ -73,3 +74,18 @@ def der(
         return state._replace(memory=reservoir_insert(state.memory, {**batch, "out": out}, key))
 
     return regulariser("der", init, penalty, observe=observe)
+
+
+def _build(ctx, **kw):
+    return der(ctx.objective, example_x=ctx.example_x, example_y=ctx.example_y, **kw)
+
+
+METHODS = {
+    "der": MethodSpec(
+        _build, {"capacity": 500, "alpha": 0.5, "beta": 0.0, "batch_size": 0}, "memory"
+    ),
+    # DER++: DER whose beta (the weight of the memory's label loss) defaults to 0.5
+    "derpp": MethodSpec(
+        _build, {"capacity": 500, "alpha": 0.5, "beta": 0.5, "batch_size": 0}, "memory"
+    ),
+}

@@ -27,6 +27,7 @@ from continual.regularisers.base import (
     subset,
 )
 from continual.regularisers.dense_fisher import dense_fisher, dense_layers
+from continual.regularisers.registry import MethodSpec
 
 ESTIMATORS = ("exact", "empirical", "sampled")
 MODES = ("separate", "online")
@@ -139,3 +140,18 @@ def ewc(
         )
 
     return regulariser("ewc", init, penalty, consolidate=consolidate)
+
+
+METHODS = {
+    "ewc": MethodSpec(
+        lambda ctx, **kw: ewc(ctx.objective, num_tasks=ctx.num_tasks, **kw),
+        {
+            "strength": 1.0,
+            "estimator": "exact",
+            "mode": "separate",
+            "gamma": 1.0,
+            "num_samples": None,
+        },
+        "quadratic",
+    ),
+}

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from continual.regularisers.base import check_nonnegative, regulariser, trained_as
+from continual.regularisers.registry import MethodSpec
 
 HIGHEST = jax.lax.Precision.HIGHEST  # exact float32 inner products (no TF32 on GPUs)
 
@@ -143,3 +144,18 @@ def gem(
         )
 
     return regulariser("gem", init, transform=transform, consolidate=consolidate)
+
+
+METHODS = {
+    "gem": MethodSpec(
+        lambda ctx, **kw: gem(
+            ctx.objective,
+            num_tasks=ctx.num_tasks,
+            example_x=ctx.example_x,
+            example_y=ctx.example_y,
+            **kw,
+        ),
+        {"memory_per_task": 40, "margin": 0.0, "sweeps": 50},
+        "projection",
+    ),
+}

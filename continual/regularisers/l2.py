@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from continual.regularisers.base import check_nonnegative, quadratic, regulariser
+from continual.regularisers.registry import MethodSpec
 
 
 class L2State(NamedTuple):
@@ -33,3 +34,8 @@ def l2(strength: float = 1.0):
         return state._replace(anchor=params, active=jnp.ones_like(state.active))
 
     return regulariser("l2", init, penalty, consolidate=consolidate)
+
+
+METHODS = {
+    "l2": MethodSpec(lambda ctx, **kw: l2(**kw), {"strength": 1.0}, "quadratic"),
+}

@@ -34,6 +34,7 @@ import numpy as np
 from continual.data.text import PAD
 from continual.losses import MASKED, weighted_mean
 from continual.regularisers.base import check_nonnegative, regulariser
+from continual.regularisers.registry import MethodSpec
 
 
 class LwFState(NamedTuple):
@@ -122,3 +123,12 @@ def lwf(
         return state._replace(previous=params, seen=state.seen | units, tasks=state.tasks + 1)
 
     return regulariser("lwf", init, penalty, consolidate=consolidate)
+
+
+METHODS = {
+    "lwf": MethodSpec(
+        lambda ctx, **kw: lwf(ctx.objective, **kw),
+        {"strength": 1.0, "temperature": 2.0, "scale_by_tasks": False, "units": "seen"},
+        "anchored",
+    ),
+}

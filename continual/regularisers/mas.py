@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from continual.regularisers.base import check_nonnegative, example_mean, quadratic, regulariser
+from continual.regularisers.registry import MethodSpec
 
 
 class MASState(NamedTuple):
@@ -54,3 +55,12 @@ def mas(objective, strength: float = 1.0, num_samples: int | None = None):
         return state._replace(omega=omega, anchor=params)
 
     return regulariser("mas", init, penalty, consolidate=consolidate)
+
+
+METHODS = {
+    "mas": MethodSpec(
+        lambda ctx, **kw: mas(ctx.objective, **kw),
+        {"strength": 1.0, "num_samples": None},
+        "quadratic",
+    ),
+}

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from continual.regularisers.base import check_nonnegative, regulariser, trained_as
+from continual.regularisers.registry import MethodSpec
 
 SELECTIONS = ("reservoir", "class_balanced")
 
@@ -203,3 +204,30 @@ def replay(
         return state._replace(memory=inserted, tasks=state.tasks + 1)
 
     return regulariser("replay", init, penalty, consolidate=consolidate)
+
+
+def memory_kwargs(ctx, kw: dict) -> dict:
+    """An episodic memory's arguments from the experiment's context (replay, A-GEM): one
+    example, and for class-balanced selection the stream's (task, class) groups."""
+    capacity = kw.get("capacity")
+    if isinstance(capacity, int) and capacity > ctx.num_examples:
+        raise ValueError(
+            f"capacity {capacity} is larger than the stream's {ctx.num_examples} training examples"
+        )
+    out = {"example_x": ctx.example_x, "example_y": ctx.example_y}
+    if kw.get("selection") == "class_balanced":
+        if ctx.groups is None:
+            raise ValueError("selection 'class_balanced' needs integer class labels")
+        out["groups"] = list(ctx.groups)
+    return out
+
+
+MEMORY_DEFAULTS = {"capacity": 500, "batch_size": 0, "selection": "reservoir", "per_class": None}
+
+METHODS = {
+    "replay": MethodSpec(
+        lambda ctx, **kw: replay(ctx.objective, **memory_kwargs(ctx, kw), **kw),
+        {**MEMORY_DEFAULTS, "weight": 1.0, "scale_by_tasks": False},
+        "memory",
+    ),
+}

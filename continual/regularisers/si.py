@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from continual.regularisers.base import check_nonnegative, quadratic, regulariser
+from continual.regularisers.registry import MethodSpec
 
 
 class SIState(NamedTuple):
@@ -88,3 +89,8 @@ def si(strength: float = 1.0, damping: float = 0.1):
         )
 
     return regulariser("si", init, penalty, observe=observe, consolidate=consolidate)
+
+
+METHODS = {
+    "si": MethodSpec(lambda ctx, **kw: si(**kw), {"strength": 1.0, "damping": 0.1}, "quadratic"),
+}

@@ -1,6 +1,6 @@
 """Task-stream factories: the article's linear toy, split, permuted and rotated streams of
 classification sources (MNIST, Fashion-MNIST, MNIST-1D, synthetic blobs), text domains, and
-facts (continual.knowledge)."""
+facts (continual.streams.knowledge)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from continual import knowledge
 from continual.data import mnist, mnist1d, synthetic, text, toy
+from continual.streams.knowledge import facts
 from continual.types import SCENARIOS, Stream, Task
 
 
@@ -365,5 +365,5 @@ STREAMS = {
     "permuted": permuted,
     "rotated": rotated,
     "text_domains": text_domains,
-    "facts": knowledge.facts,
+    "facts": facts,
 }

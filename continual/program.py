@@ -1,0 +1,220 @@
+"""A method compiled for a stack of members: its chunk, end-of-task and evaluation executables.
+
+`compile_program` vmaps a method's pure chunk and end-of-task functions over the member axis of
+stacked TrainStates, places them on every device and compiles ahead of time. A sweep (several
+members) shards the member axis (padding the member count to a multiple of the device count); a
+single run replicates its one member and shards each step's batch instead (data parallel).
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec
+
+from continual.devices import batch_sharding, place, shard_members
+from continual.evaluate import evaluate_tasks
+from continual.train import make_chunk, make_consolidate, reset_optimizer
+from continual.types import Stream, TaskData, TrainState, union
+
+
+class Settings(NamedTuple):
+    """The loop's static choices."""
+
+    steps: int  # per task (the joint baseline trains steps x tasks on the union)
+    eval_every: int
+    batch_size: int  # 0: whole task
+    record_params: bool = False
+    reset_per_task: bool = False
+    evaluate: str = "all"  # "all": every task, and before training; "seen": tasks 0..row only
+    sampling: str = "uniform"  # minibatches: "uniform" with replacement, "shuffle" by epochs
+
+
+EVALUATE = ("all", "seen")
+
+
+def seen_only(method, settings: Settings) -> bool:
+    """Whether `method` evaluates only the tasks seen so far (never the joint baseline, whose
+    one row has seen every task)."""
+    return settings.evaluate == "seen" and not method.joint
+
+
+class Program(NamedTuple):
+    """A method's executables for a stack of members, compiled for their shapes and devices."""
+
+    data: TaskData  # what it trains on: the stream's tasks, or their union for `joint`
+    train: TaskData  # the stream's training and test splits, on the devices
+    test: TaskData
+    # (states, data, test, task, trainable, task's step, run's step) -> (states, losses (M, S),
+    # metric (M, T))
+    chunk: Any
+    finish: Any  # (states, train, task) -> (states, probe outputs (M, ...))
+    evaluate: Any  # (params, test, upto) -> metric (M, T); upto (int32) is used when "seen"
+    # (name, evaluate, higher_is_better) of the second reading (see _view)
+    view: tuple[str, Any, bool] | None
+    sharding: NamedSharding
+    members: int  # real members; the stack may be padded past this
+    compile_s: float
+
+
+def finish_task(method, reset: bool, probes) -> Callable:
+    """The work between tasks: probe predictions, consolidation, fresh optimizer moments."""
+    consolidate = make_consolidate(method.regulariser)
+
+    def finish(state, train, task):
+        out = method.objective.apply(state.params, probes)
+        if not method.joint:
+            state = consolidate(state, train, task)
+        if reset:
+            state = reset_optimizer(method.optimizer, state)
+        return state, out
+
+    return finish
+
+
+def member_functions(
+    method, settings: Settings, probes, batch_sharding=None
+) -> tuple[Callable, Callable]:
+    """One member's pure chunk and end-of-task functions (before vmapping)."""
+    chunk = make_chunk(
+        method.objective,
+        method.optimizer,
+        method.regulariser,
+        settings.batch_size,
+        settings.eval_every,
+        batch_sharding,
+        seen_only(method, settings),
+        settings.sampling,
+    )
+    return chunk, finish_task(method, settings.reset_per_task, probes)
+
+
+def trainable_mask(params, freeze: list[str], frozen: bool):
+    """0/1 per leaf: a leaf whose path names any of `freeze` gets 0 when `frozen`."""
+
+    def mark(path, _):
+        name = "/".join(str(getattr(p, "key", p)) for p in path)
+        return jnp.float32(0.0 if frozen and any(f in name for f in freeze) else 1.0)
+
+    return jax.tree_util.tree_map_with_path(mark, params)
+
+
+def probe_inputs(stream: Stream) -> jax.Array:
+    """The stream's probe inputs, or one zero input of its dtype (token ids stay integers)."""
+    if stream.probes is not None:
+        return jnp.asarray(stream.probes)
+    return jnp.zeros((1, *stream.input_shape), stream.tasks[0].train["x"].dtype)
+
+
+def compile_program(
+    method,
+    states: TrainState,
+    stream: Stream,
+    train: TaskData,
+    test: TaskData,
+    settings: Settings,
+    shared: Program | None = None,
+) -> tuple[Program, TrainState]:
+    """Compiles `method` for the stacked `states` (leading member axis); returns the program and
+    the states placed on the devices (the compiled functions donate them). The evaluation
+    functions are taken from `shared`, another program with the same model, test data and
+    member count, when given."""
+    states, sharding, members = shard_members(states)
+    replicated = NamedSharding(sharding.mesh, PartitionSpec())
+    train, test = place((train, test), replicated)
+    data = place(union(train), replicated) if method.joint else train
+    probes = probe_inputs(stream)
+    params0 = jax.tree.map(lambda a: a[0], states.params)
+    trainable = trainable_mask(params0, method.freeze, False)
+    task0 = jnp.int32(0)
+    t0 = time.perf_counter()
+    split = batch_sharding(sharding, settings.batch_size)
+    chunk, finish = member_functions(method, settings, probes, split)
+    chunk = jax.vmap(chunk, in_axes=(0, None, None, None, None, None, None))
+    finish = jax.vmap(finish, in_axes=(0, None, None))
+    if shared is None:
+        seen = settings.evaluate == "seen"
+        evaluate = _compile_evaluate(method.objective, states.params, test, seen)
+        view = _view(stream, method.objective)
+        if view is not None:
+            view = view[0], _compile_evaluate(view[1], states.params, test, seen), view[2]
+    else:
+        evaluate, view = shared.evaluate, shared.view
+    jit = functools.partial(jax.jit, donate_argnums=0, out_shardings=sharding)
+    chunk = jit(chunk).lower(states, data, test, task0, trainable, task0, task0)
+    finish = jit(finish).lower(states, train, task0)
+    program = Program(
+        data,
+        train,
+        test,
+        compile_lowered(chunk),
+        compile_lowered(finish),
+        evaluate,
+        view,
+        sharding,
+        members,
+        time.perf_counter() - t0,
+    )
+    return program, states
+
+
+def _view(stream: Stream, objective):
+    """(name, objective, higher_is_better) of the second reading recorded after every task, or
+    None: the stream's other label masks (task-aware / task-agnostic accuracy), else the
+    likelihood's second metric (next-token accuracy, bits per character of answers)."""
+    view = stream.view()
+    if view is not None:
+        return view[0], objective._replace(label_masks=jnp.asarray(view[1])), True
+    lik = objective.likelihood
+    if lik.second is None:
+        return None
+    name, metric_fn, higher_is_better = lik.second
+    return name, objective._replace(likelihood=lik._replace(metric_fn=metric_fn)), higher_is_better
+
+
+def _compile_evaluate(objective, params, test, seen: bool = False):
+    """The metric on every task for every member: (params (M, ...), test, upto) -> (M, T).
+    With `seen`, tasks after `upto` are NaN and cost nothing; otherwise `upto` is ignored."""
+
+    def evaluate(p, t, upto):
+        return evaluate_tasks(objective, p, t, upto if seen else None)
+
+    evaluate = jax.vmap(evaluate, in_axes=(0, None, None))
+    return compile_lowered(jax.jit(evaluate).lower(params, test, jnp.int32(0)))
+
+
+# XLA:CPU compiles some fusions differently for different shapes: YNNPACK takes some reductions
+# (a bias gradient's sum over the batch), and the newer fusion emitters vectorise a reduction by
+# its shape. Either way a sum runs in another order when a member axis is stacked in front, and a
+# sweep's members drift, by rounding amplified over training, from the same members run alone.
+# With both off a member's arithmetic is the same in a sweep as in a run, to the bit
+# (tests/test_sweep.py; the cost is in docs/speed.md). An option this JAX's
+# XLA does not know is dropped, with one warning.
+_cpu_options = {"xla_cpu_experimental_ynn_fusion_type": "", "xla_cpu_use_fusion_emitters": False}
+_RuntimeError = getattr(jax.errors, "JaxRuntimeError", RuntimeError)
+
+
+def compile_lowered(lowered):
+    """`lowered.compile()`, on CPU with the options above."""
+    global _cpu_options
+    if jax.default_backend() != "cpu" or not _cpu_options:
+        return lowered.compile()
+    try:
+        return lowered.compile(compiler_options=_cpu_options)
+    except _RuntimeError as e:
+        unknown = [k for k in _cpu_options if k in str(e)]
+        if not unknown:
+            raise
+        warnings.warn(
+            f"this XLA lacks the compile option {', '.join(unknown)}: a sweep's members may "
+            "differ from the same members run alone by rounding",
+            stacklevel=2,
+        )
+        _cpu_options = {k: v for k, v in _cpu_options.items() if k not in unknown}
+        return compile_lowered(lowered)

@@ -1,0 +1,65 @@
+"""A finished run read back: its trained language model, and the prompt a retrieval method
+gives a question (what `continual generate` needs)."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import jax
+
+from continual import models, retrieval, runner
+from continual.checkpoint import Checkpointer
+from continual.data.text import CharTokenizer
+
+
+def load_language_model(run_dir: Path, method: str | None = None):
+    """(model, params, tokenizer) of a run's method (default: its first): the transformer of
+    its config with the parameters of its newest checkpoint, and the run's tokenizer.json."""
+    if not (run_dir / "run.json").exists():
+        raise FileNotFoundError(f"{str(run_dir)!r} is not a run directory (no run.json)")
+    try:
+        info = json.loads((run_dir / "run.json").read_text())
+        config = json.loads((run_dir / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read the run in {str(run_dir)!r}: {e}") from None
+    if info.get("kind") == "sweep":
+        raise ValueError(f"{str(run_dir)!r} is a sweep; generate reads a run's methods")
+    if not (run_dir / "tokenizer.json").exists():
+        raise ValueError(f"{str(run_dir)!r} has no tokenizer.json: its stream is not text")
+    tokenizer = CharTokenizer.from_json((run_dir / "tokenizer.json").read_text())
+    methods = info.get("methods") or []
+    method = method or (methods[0] if methods else None)
+    if method not in methods:
+        raise ValueError(f"unknown method {method!r} (this run has: {', '.join(methods)})")
+    spec = dict(config.get("model", {}))
+    if spec.pop("name", None) != "transformer":
+        raise ValueError(f"the model of {str(run_dir)!r} is not a transformer language model")
+    model = models.make("transformer", tokenizer.vocab_size, **spec)
+    folder = run_dir / method / "checkpoints"
+    if not folder.is_dir() or not any(p.name.isdigit() for p in folder.iterdir()):
+        raise ValueError(f"method {method!r} of {str(run_dir)!r} has no checkpoint")
+    plan = runner.plan(config, [method])
+    restored = Checkpointer(folder).restore_latest(
+        runner.initial_state(plan.methods[0], plan.key), move_aside=False
+    )
+    if restored is None:
+        raise ValueError(f"method {method!r} of {str(run_dir)!r} has no readable checkpoint")
+    params = jax.tree.map(lambda a: a[0], restored[0].params)  # the run's one member
+    if not (run_dir / method / "results.json").exists():
+        warnings.warn(f"{method} has not finished; its newest checkpoint is used", stacklevel=2)
+    return model, params, tokenizer
+
+
+def prompt_for(run_dir: Path, method: str | None, question: str) -> tuple[str, list[str]]:
+    """(prompt, retrieved facts) for `continual generate`: a retrieval method's question gets the
+    top-k facts of its run's whole store (the stream rebuilt from config.json); any other
+    method's prompt is the question itself."""
+    config = json.loads((run_dir / "config.json").read_text())
+    methods = json.loads((run_dir / "run.json").read_text()).get("methods") or []
+    spec = config.get("methods", {}).get(method or (methods[0] if methods else None), {})
+    reader = spec.get("retrieval") if isinstance(spec, dict) else None
+    if reader is None:
+        return question, []
+    return retrieval.retrieve(runner.build_stream(config), question, reader.get("k", 1))
