@@ -4,7 +4,9 @@
 in one `lax.while_loop` that stops when every sequence has produced [end]. All sequences share
 the position t: while t is inside a prompt its next prompt token is copied, past it the chosen
 token is written. The cached path feeds one token per step (`decode_step`); the reference path
-recomputes the whole prefix every step. [pad] is never generated.
+recomputes the whole prefix every step. [pad] is never generated. The end and padding tokens
+default to the character tokenizer's [end] and [pad]; a model with another vocabulary passes its
+own ids.
 """
 
 from __future__ import annotations
@@ -50,14 +52,22 @@ def make_generate(
     top_k: int = 0,
     top_n: int = 0,
     use_cache: bool = True,
+    end_id: int | None = END,
+    pad_id: int | None = PAD,
 ):
     """generate(params, prompt_BxP, prompt_len_B, key) -> Generation, decoding to `max_len` tokens.
 
     temperature 0 is greedy; otherwise logits / temperature are sampled, from the `top_k`
     likeliest tokens when top_k > 0. Prompts are right-padded, each at least one token long.
+    Generating `end_id` ends a sequence (None: every sequence runs to max_len); `pad_id` fills the
+    positions after a sequence and is never generated (None: no token is barred, 0 fills).
     """
     if temperature < 0 or top_k < 0 or not 0 <= top_n <= model.vocab_size:
         raise ValueError("temperature and top_k must be >= 0 and top_n in [0, vocab_size]")
+    ids = [i for i in (end_id, pad_id) if i is not None]
+    if not all(0 <= i < model.vocab_size for i in ids) or (end_id is not None and end_id == pad_id):
+        raise ValueError(f"end_id {end_id} and pad_id {pad_id} must be distinct token ids or None")
+    fill = 0 if pad_id is None else pad_id
     _check(model, 0, max_len)
 
     def next_logits(params, cache, tokens_BxT, t):
@@ -83,7 +93,7 @@ def make_generate(
         batch, width = prompt_BxP.shape
         _check(model, width, max_len)
         prompt_len_B = jnp.asarray(prompt_len_B, jnp.int32)
-        tokens_BxT = jnp.full((batch, max_len), PAD, jnp.int32)
+        tokens_BxT = jnp.full((batch, max_len), fill, jnp.int32)
         tokens_BxT = tokens_BxT.at[:, :width].set(jnp.asarray(prompt_BxP, jnp.int32))
         top_ids_BxTxN = jnp.zeros((batch, max_len, top_n), jnp.int32)
         top_probs_BxTxN = jnp.zeros((batch, max_len, top_n), jnp.float32)
@@ -99,11 +109,14 @@ def make_generate(
         def body(state):
             t, tokens_BxT, length_B, done_B, cache, top_ids_BxTxN, top_probs_BxTxN = state
             logits_BxV, cache = next_logits(params, cache, tokens_BxT, t)
-            logits_BxV = logits_BxV.at[:, PAD].set(-jnp.inf)
+            if pad_id is not None:
+                logits_BxV = logits_BxV.at[:, pad_id].set(-jnp.inf)
             chosen_B = choose(logits_BxV, key, t)
             in_prompt_B = t + 1 < prompt_len_B
             fresh_B = ~in_prompt_B & ~done_B
-            token_B = jnp.where(in_prompt_B, tokens_BxT[:, t + 1], jnp.where(done_B, PAD, chosen_B))
+            token_B = jnp.where(
+                in_prompt_B, tokens_BxT[:, t + 1], jnp.where(done_B, fill, chosen_B)
+            )
             tokens_BxT = tokens_BxT.at[:, t + 1].set(token_B)
             length_B = jnp.where(fresh_B, t + 2, length_B)
             if top_n:
@@ -113,7 +126,8 @@ def make_generate(
                 top_probs_BxTxN = top_probs_BxTxN.at[:, t + 1].set(
                     jnp.where(keep_Bx1, probs_BxN, 0.0)
                 )
-            done_B = done_B | (fresh_B & (chosen_B == END))
+            if end_id is not None:
+                done_B = done_B | (fresh_B & (chosen_B == end_id))
             return (t + 1, tokens_BxT, length_B, done_B, cache, top_ids_BxTxN, top_probs_BxTxN)
 
         _, tokens_BxT, length_B, done_B, _, top_ids_BxTxN, top_probs_BxTxN = jax.lax.while_loop(
