@@ -4,7 +4,13 @@
     /tmp/hfvenv/bin/python benchmarks/hf_reference_check.py export /tmp/hf.npz  # tiny Llamas
     python benchmarks/hf_reference_check.py compare /tmp/hf.npz   # ours (JAX): logits + greedy
 
+    /tmp/hfvenv/bin/pip install gguf
+    /tmp/hfvenv/bin/python benchmarks/hf_reference_check.py export-gguf /tmp/hf_smol.npz
+    python benchmarks/hf_reference_check.py compare-gguf /tmp/hf_smol.npz  # the real SmolLM2
+
 Not part of the test run (it needs torch and transformers, which the project does not depend on).
+export-gguf lets transformers load the cached SmolLM2 GGUF itself (its own dequantization and
+row un-permutation) and records its logits on the llama.cpp fixture's sequences.
 
 export builds tiny random LlamaForCausalLM models, writes their weights under GGUF tensor names
 with the Q/K row permutation that GGUF converters apply (written here from the converter's
@@ -13,6 +19,7 @@ a random sequence and HF's greedy continuation (its own KV cache) of a prompt.
 """
 
 import json
+import os
 import sys
 
 import numpy as np
@@ -163,5 +170,48 @@ def compare(path):
     print(f"worst max |logit diff| {worst:.2e}")
 
 
+FIXTURE = "tests/fixtures/smollm2_llamacpp.json"
+
+
+def export_gguf(path):
+    from pathlib import Path
+
+    import torch
+    from transformers import LlamaForCausalLM
+
+    cache = Path(os.environ.get("CONTINUAL_DATA", Path.home() / ".cache" / "continual"))
+    gguf = cache / "SmolLM2-135M-Instruct.Q4_1.gguf"  # as continual.data.smollm2 caches it
+    model = LlamaForCausalLM.from_pretrained(
+        str(gguf.parent), gguf_file=gguf.name, torch_dtype=torch.float32
+    ).eval()
+    out = {}
+    with torch.no_grad():
+        for p in json.load(open(FIXTURE))["prompts"]:
+            out[p["name"]] = model(torch.tensor([p["ids"] + p["greedy_ids"]])).logits[0].numpy()
+    np.savez(path, **out)
+    print("exported", list(out))
+
+
+def compare_gguf(path):
+    import jax
+    import jax.numpy as jnp
+
+    from continual.data.smollm2 import load_smollm2
+    from continual.models.llama_weights import params_from_gguf
+
+    spec, tensors, _ = load_smollm2()
+    model, params = params_from_gguf(spec, tensors, context=128)
+    data = np.load(path)
+    worst = 0.0
+    for p in json.load(open(FIXTURE))["prompts"]:
+        ids = jnp.asarray([p["ids"] + p["greedy_ids"]])
+        ours = np.asarray(jax.jit(model.apply)(params, ids))[0]
+        diff = float(np.abs(ours - data[p["name"]]).max())
+        worst = max(worst, diff)
+        print(f"{p['name']}: max |logit diff| {diff:.2e} (scale {np.abs(ours).max():.1f})")
+    print(f"worst max |logit diff| {worst:.2e}")
+
+
 if __name__ == "__main__":
-    {"export": export, "compare": compare}[sys.argv[1]](sys.argv[2])
+    modes = {"export": export, "compare": compare, "export-gguf": export_gguf}
+    {**modes, "compare-gguf": compare_gguf}[sys.argv[1]](sys.argv[2])

@@ -23,14 +23,10 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from peak import matmul_peak_flops
+from peak import chunk_speed, matmul_peak_flops
 
 from continual.generate import make_generate
-from continual.losses import Objective, next_token
 from continual.models.transformer import Transformer, num_params
-from continual.regularisers import identity
-from continual.train import init_state, make_chunk, make_optimizer
-from continual.types import Task, stack_tasks
 
 VOCAB, LAYERS, WIDTH, HEADS = 256, 6, 256, 8  # 4.8M parameters
 
@@ -43,35 +39,11 @@ def model_flops_per_token(params, context: int) -> float:
 def train_speed(batch: int, context: int, steps: int) -> dict:
     """Tokens/s and model FLOP/s of the runner's compiled chunk of `steps` Adam steps."""
     model = Transformer(VOCAB, LAYERS, WIDTH, HEADS, context)
-    rng = np.random.default_rng(0)
-    ids = rng.integers(3, VOCAB, (4 * batch, context + 1)).astype(np.int32)
-    data = {"x": ids[:, :-1], "y": ids[:, 1:]}
-    task = Task(0, "random", data, {k: v[:1] for k, v in data.items()}, np.ones(VOCAB, bool))
-    train, test = stack_tasks([task], "train"), stack_tasks([task], "test")
-    params = jax.jit(model.init)(jax.random.key(0), data["x"][:1])
-    objective = Objective(model.apply, next_token, jnp.ones((1, VOCAB), bool))
-    optimizer = make_optimizer("adam", 1e-3)
-    reg = identity()
-    chunk = jax.jit(make_chunk(objective, optimizer, reg, batch, steps), donate_argnums=0)
-    state = init_state(params, optimizer, reg, jax.random.key(1))
-    trainable = jax.tree.map(lambda _: jnp.float32(1), params)
-    zero = jnp.int32(0)
-    state, losses, _ = chunk(state, train, test, zero, trainable, zero, zero)  # compile
-    jax.block_until_ready(losses)
-    t0 = time.perf_counter()
-    done = jnp.int32(steps)  # the steps the first call took
-    state, losses, _ = chunk(state, train, test, zero, trainable, done, done)
-    jax.block_until_ready(losses)
-    seconds = time.perf_counter() - t0
-    tokens = batch * context * steps
-    return {
-        "batch": batch,
-        "context": context,
-        "params": num_params(params),
-        "tokens_per_s": tokens / seconds,
-        "flops_per_s": tokens * model_flops_per_token(params, context) / seconds,
-        "finite": bool(np.isfinite(np.asarray(losses)).all()),
-    }
+    params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, context), jnp.int32))
+    out = chunk_speed(model, params, batch, context, steps)
+    out.update(params=num_params(params))
+    out["flops_per_s"] = out["tokens_per_s"] * model_flops_per_token(params, context)
+    return out
 
 
 def generation_speed(context: int, batch: int, use_cache: bool) -> float:

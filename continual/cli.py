@@ -27,6 +27,10 @@ def _fail(message: str, code: int = EXIT_BAD_INPUT) -> int:
     return code
 
 
+# pretrained language models `continual generate --model` takes: name -> context it is built with
+PRETRAINED_LMS = {"smollm2-135m": 1024}
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="continual", description="Continual learning experiments in JAX.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -116,8 +120,18 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("list", help="list experiments, methods and regularisers")
     pl = sub.add_parser("plot", help="redraw the figures of a run directory")
     pl.add_argument("run_dir")
-    g = sub.add_parser("generate", help="continue a prompt with a language model a run trained")
-    g.add_argument("run_dir")
+    g = sub.add_parser(
+        "generate",
+        help="continue a prompt with a language model a run trained, or a pretrained one",
+    )
+    g.add_argument("run_dir", nargs="?", default=None, help="a run directory (or give --model)")
+    g.add_argument(
+        "--model",
+        default=None,
+        choices=sorted(PRETRAINED_LMS),
+        help="a pretrained model, no run needed (its GGUF is fetched into the cache once)",
+    )
+    g.add_argument("--raw", action="store_true", help="with --model: no chat template")
     g.add_argument("--method", default=None, help="whose final model (default: the first)")
     g.add_argument("--prompt", required=True)
     g.add_argument("--max-new-tokens", type=int, default=100)
@@ -395,6 +409,17 @@ def _plot(args) -> int:
     return 0
 
 
+def _pretrained_lm(name: str):
+    """(model, params, tokenizer) of a pretrained language model by name."""
+    from continual.data.bpe import BPETokenizer
+    from continual.data.smollm2 import load_smollm2
+    from continual.models.llama_weights import params_from_gguf
+
+    spec, tensors, meta = load_smollm2()
+    model, params = params_from_gguf(spec, tensors, context=PRETRAINED_LMS[name])
+    return model, params, BPETokenizer.from_metadata(meta)
+
+
 def _generate(args) -> int:
     from continual.generate import format_steps, generate_text
 
@@ -406,15 +431,21 @@ def _generate(args) -> int:
         raise ValueError("--temperature must be >= 0")
     if not args.prompt:
         raise ValueError("--prompt must not be empty")
-    from continual.reload import load_language_model
-
+    if (args.run_dir is None) == (args.model is None):
+        raise ValueError("give a run directory or --model, not both")
+    if args.raw and args.model is None:
+        raise ValueError("--raw goes with --model (a run's prompt is always raw)")
     _enable_compilation_cache()
-    model, params, tokenizer = load_language_model(Path(args.run_dir), args.method)
+    if args.model is not None:
+        model, params, tokenizer = _pretrained_lm(args.model)
+        prompt, facts = args.prompt if args.raw else tokenizer.chat(args.prompt), []
+    else:
+        from continual.reload import load_language_model, prompt_for
+
+        model, params, tokenizer = load_language_model(Path(args.run_dir), args.method)
+        prompt, facts = prompt_for(Path(args.run_dir), args.method, args.prompt)
     if args.show_top > tokenizer.vocab_size:
         raise ValueError(f"--show-top must be at most the vocabulary size {tokenizer.vocab_size}")
-    from continual.reload import prompt_for
-
-    prompt, facts = prompt_for(Path(args.run_dir), args.method, args.prompt)
     done = generate_text(
         model,
         params,
@@ -430,7 +461,8 @@ def _generate(args) -> int:
         print(f"retrieved: {fact}")
     if args.show_top:
         print(format_steps(done.steps))
-    print(args.prompt + done.text)
+    chat = args.model is not None and not args.raw  # the answer is a turn of its own
+    print(args.prompt + ("\n" if chat else "") + done.text)
     return 0
 
 

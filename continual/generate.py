@@ -141,15 +141,24 @@ def make_generate(
 class Completion(NamedTuple):
     """The continuation of one text prompt."""
 
-    text: str  # generated characters, without the prompt and without [end]
-    ended: bool  # whether [end] was generated (else the length limit was reached)
-    steps: list  # per generated token: ([(character, probability), ...] top-n, chosen character)
+    text: str  # generated text, without the prompt and without the end token
+    ended: bool  # whether the end token was generated (else the length limit was reached)
+    steps: list  # per generated token: ([(text, probability), ...] top-n, chosen token's text)
+
+
+def end_and_pad(tokenizer) -> tuple[int, int | None]:
+    """(end id, pad id or None) of a tokenizer: the character tokenizer's [end] and [pad], or a
+    BPE tokenizer's eos and its pad (None where pad is eos, as in SmolLM2)."""
+    if isinstance(tokenizer, CharTokenizer):
+        return END, PAD
+    pad = tokenizer.pad_id if tokenizer.pad_id != tokenizer.eos_id else None
+    return tokenizer.eos_id, pad
 
 
 def generate_text(
     model: Transformer,
     params,
-    tokenizer: CharTokenizer,
+    tokenizer,
     prompt: str,
     *,
     max_new_tokens: int = 100,
@@ -159,11 +168,13 @@ def generate_text(
     seed: int = 0,
     use_cache: bool = True,
 ) -> Completion:
-    """Continues `prompt` until [end], `max_new_tokens`, or the end of the context."""
-    ids = tokenizer.encode(prompt)
+    """Continues `prompt` until the tokenizer's end token, `max_new_tokens`, or the end of the
+    context; `tokenizer` is a CharTokenizer or a BPETokenizer."""
+    ids = np.asarray(tokenizer.encode(prompt), np.int32)
     if not len(ids) or max_new_tokens < 1:
         raise ValueError("the prompt must be non-empty and max_new_tokens positive")
     _check(model, len(ids), len(ids) + 1)
+    end_id, pad_id = end_and_pad(tokenizer)
     max_len = min(len(ids) + max_new_tokens, model.context + 1)
     generate = make_generate(
         model,
@@ -172,10 +183,13 @@ def generate_text(
         top_k=top_k,
         top_n=top_n,
         use_cache=use_cache,
+        end_id=end_id,
+        pad_id=pad_id,
     )
     out = jax.jit(generate)(params, ids[None], np.array([len(ids)]), jax.random.key(seed))
     out = jax.tree.map(np.asarray, out)
     new = out.tokens_BxT[0, len(ids) : out.length_B[0]]
+    text = new[:-1] if out.ended_B[0] and len(new) and new[-1] == end_id else new
     steps = [
         (
             [
@@ -186,7 +200,7 @@ def generate_text(
         )
         for t in range(len(ids), int(out.length_B[0]))
     ]
-    return Completion(tokenizer.decode(new, drop_end=True), bool(out.ended_B[0]), steps)
+    return Completion(tokenizer.decode(text.tolist()), bool(out.ended_B[0]), steps)
 
 
 def format_steps(steps: list) -> str:
