@@ -86,6 +86,9 @@ def test_an_experiment_file_anywhere_runs_and_resumes(tmp_path, capsys):
     smoke = ["run", str(path), "--smoke", "--out", str(out), "--name", "s", "--quiet"]
     assert main([*smoke, "--no-plots"]) == 0
     assert '"eval_every": 5' in (out / "my_exp" / "s" / "config.json").read_text()
+    sweep = ["sweep", f"{path}:small", "--seeds", "2", "--method", "si", "--out", str(out)]
+    assert main([*sweep, "--name", "w", "--quiet", "--no-plots"]) == 0
+    assert (out / "my_exp" / "w" / "sweep.json").exists()
     capsys.readouterr()
     bad = ["run", f"{path}:huge", "--out", str(out), "--quiet"]
     assert main(bad) == 2
