@@ -27,9 +27,10 @@ from continual.types import TaskData
 def evaluate_tasks(objective, params, data: TaskData, upto=None) -> jax.Array:
     """The metric on every task's split: shape (T,).
 
-    With `upto` (a traced int), only tasks 0..upto are evaluated and the others are NaN: each
-    task is a `lax.cond`, so a skipped task costs nothing and `upto` is a value, not a shape
-    (one compiled program serves every row).
+    With `upto` (a traced int), only tasks 0..upto, and the evaluation-only tasks
+    (`data.eval_only`), are evaluated and the others are NaN: each task is a `lax.cond`, so a
+    skipped task costs nothing and `upto` is a value, not a shape (one compiled program serves
+    every row; upto = -1 evaluates the evaluation-only tasks alone).
     """
 
     def one(task):
@@ -41,9 +42,10 @@ def evaluate_tasks(objective, params, data: TaskData, upto=None) -> jax.Array:
     shape = jax.eval_shape(one, tasks[0])
 
     def seen(task):
-        return jax.lax.cond(
-            task <= upto, one, lambda _: jnp.full(shape.shape, jnp.nan, shape.dtype), task
-        )
+        due = task <= upto
+        if data.eval_only is not None:
+            due = due | data.eval_only[task]
+        return jax.lax.cond(due, one, lambda _: jnp.full(shape.shape, jnp.nan, shape.dtype), task)
 
     return jax.lax.map(seen, tasks)
 

@@ -200,7 +200,7 @@ def generate_text(
         )
         for t in range(len(ids), int(out.length_B[0]))
     ]
-    return Completion(tokenizer.decode(text.tolist()), bool(out.ended_B[0]), steps)
+    return Completion(tokenizer.decode(text), bool(out.ended_B[0]), steps)
 
 
 def format_steps(steps: list) -> str:

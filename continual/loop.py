@@ -9,6 +9,11 @@ With `Settings.evaluate = "seen"` a chunk of row `row` evaluates only tasks 0..r
 baseline, which trains on the union, still evaluates all of them) and nothing is evaluated before
 training: the row index is a value, each task a `lax.cond`, so nothing recompiles and an unseen
 task costs nothing. Missing values are NaN in arrays and Results, None in Progress (JSON).
+
+A stream's evaluation-only tasks (Task.eval_only, after the trained ones) are columns of every
+evaluation, "seen" or not (and before training), but no row: the loop trains the trained tasks
+only, and Results keeps their columns apart (Results.eval_only), so that the matrix and its
+summary read the trained tasks alone.
 """
 
 from __future__ import annotations
@@ -118,11 +123,13 @@ def _member(host_tree, i: int):
 
 
 def _start(program: Program, states: TrainState, num_tasks: int, settings: Settings) -> Progress:
-    """The progress of a fresh run: every task evaluated before training (unknown with
-    `evaluate = "seen"`, which evaluates nothing before training)."""
+    """The progress of a fresh run: every task evaluated before training (with
+    `evaluate = "seen"` only the evaluation-only tasks, the others unknown)."""
     m, last = program.members, jnp.int32(num_tasks - 1)
     initial = initial_view = np.full((m, num_tasks), np.nan)
-    if settings.evaluate != "seen":
+    if settings.evaluate == "seen" and program.test.eval_only is not None:
+        last = jnp.int32(-1)  # no task is seen yet: the evaluation-only tasks alone
+    if settings.evaluate != "seen" or program.test.eval_only is not None:
         initial = to_host(program.evaluate(states.params, program.test, last))[:m]  # (M, T)
         if program.view is not None:
             initial_view = to_host(program.view[1](states.params, program.test, last))[:m]
@@ -190,8 +197,9 @@ def run_program(
     Interrupted at the next chunk boundary. `on_finish(states)` receives the final states.
     """
     m, test = program.members, program.test  # the device copies: no transfer per chunk
-    num_chunks = settings.steps * (len(stream.tasks) if method.joint else 1) // settings.eval_every
-    rows = ["joint"] if method.joint else stream.task_names
+    trained = [t.name for t in stream.trained_tasks]  # the rows; eval-only tasks follow them
+    num_chunks = settings.steps * (len(trained) if method.joint else 1) // settings.eval_every
+    rows = ["joint"] if method.joint else trained
     seen, last = seen_only(method, settings), jnp.int32(len(stream.tasks) - 1)
     t0 = time.perf_counter()
     p = progress or _start(program, states, len(stream.tasks), settings)
@@ -244,8 +252,11 @@ def run_program(
 
 
 def _results(method, program: Program, p: Progress, stream: Stream, names, rows, run_s):
-    """One Results per real member from a finished run's progress."""
-    values_all = np.asarray(p.values, np.float64).transpose(1, 0, 2)  # (M, evals, T)
+    """One Results per real member from a finished run's progress; the evaluation-only tasks'
+    columns (the last ones) go to Results.eval_only, the rest is about the trained tasks."""
+    r = len(stream.trained_tasks)
+    evaluated = np.asarray(p.values, np.float64).transpose(1, 0, 2)  # (M, evals, T)
+    values_all, held = evaluated[..., :r], evaluated[..., r:]
     initial = values_all[:, 0]
     lik = method.objective.likelihood
     out = []
@@ -253,7 +264,7 @@ def _results(method, program: Program, p: Progress, stream: Stream, names, rows,
         matrix = values_all[i, p.ends].tolist()  # the evaluation that closed each row
         results = Results(
             method=names[i],
-            tasks=stream.task_names,
+            tasks=stream.task_names[:r],
             metric=lik.metric,
             higher_is_better=lik.higher_is_better,
             matrix=matrix,
@@ -269,16 +280,44 @@ def _results(method, program: Program, p: Progress, stream: Stream, names, rows,
             probes=[row[i] for row in p.probes] if stream.probes is not None else None,
             rows=rows,
             diverged=p.diverged[i],
-            views=_views(program, p, i, method.joint),
+            views=_views(program, p, i, method.joint, r),
+            eval_only=_eval_only(program, p, stream, held[i], i, r),
         )
         out.append(results)
     return out
 
 
-def _views(program: Program, p: Progress, i: int, joint: bool) -> dict | None:
-    """Member i's matrix and summary under the stream's other accuracy reading."""
+def _view_rows(program: Program, p: Progress, i: int) -> list | None:
+    """Member i's second reading of every task, before training and after every row, or None."""
     if program.view is None or len(p.view) != len(p.ends) + 1:
         return None  # e.g. resumed from a checkpoint written before views were recorded
-    initial, *rows = (_floats(row[i]) for row in p.view)
+    return [_floats(row[i]) for row in p.view]
+
+
+def _views(program: Program, p: Progress, i: int, joint: bool, r: int) -> dict | None:
+    """Member i's matrix and summary under the stream's other reading (its `r` trained tasks)."""
+    view = _view_rows(program, p, i)
+    if view is None:
+        return None
+    initial, *rows = (row[:r] for row in view)
     summary = summarize(rows, None if joint else initial, program.view[2])
     return {program.view[0]: {"initial": initial, "matrix": rows, "summary": summary}}
+
+
+def _eval_only(program: Program, p: Progress, stream: Stream, held, i: int, r: int):
+    """Member i's columns of the evaluation-only tasks (Results.eval_only), or None: `held`
+    (evals, E) is every evaluation of them, the first before training."""
+    if not stream.eval_tasks:
+        return None
+    out = {
+        "tasks": stream.task_names[r:],
+        "initial": held[0].tolist(),
+        "matrix": held[p.ends].tolist(),
+        "values": held.tolist(),
+        "views": {},
+    }
+    view = _view_rows(program, p, i)
+    if view is not None:
+        initial, *rows = (row[r:] for row in view)
+        out["views"][program.view[0]] = {"initial": initial, "matrix": rows}
+    return out

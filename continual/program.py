@@ -20,6 +20,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from continual.devices import batch_sharding, place, shard_members
 from continual.evaluate import evaluate_tasks
+from continual.models.partition import taking_base
 from continual.train import make_chunk, make_consolidate, reset_optimizer
 from continual.types import Stream, TaskData, TrainState, union
 
@@ -138,23 +139,24 @@ def compile_program(
     chunk, finish = member_functions(method, settings, probes, split)
     chunk = jax.vmap(chunk, in_axes=(0, None, None, None, None, None, None))
     finish = jax.vmap(finish, in_axes=(0, None, None))
+    base = getattr(method, "base", None)  # a partitioned method's frozen params
+    frozen = None if base is None else place(base.arrays, replicated)
     if shared is None:
         seen = settings.evaluate == "seen"
-        evaluate = _compile_evaluate(method.objective, states.params, test, seen)
+        evaluate = _compile_evaluate(method.objective, states.params, test, seen, base, frozen)
         view = _view(stream, method.objective)
         if view is not None:
-            view = view[0], _compile_evaluate(view[1], states.params, test, seen), view[2]
+            compiled = _compile_evaluate(view[1], states.params, test, seen, base, frozen)
+            view = view[0], compiled, view[2]
     else:
         evaluate, view = shared.evaluate, shared.view
-    jit = functools.partial(jax.jit, donate_argnums=0, out_shardings=sharding)
-    chunk = jit(chunk).lower(states, data, test, task0, trainable, task0, task0)
-    finish = jit(finish).lower(states, train, task0)
+    jit = functools.partial(_compile, base=base, frozen=frozen, donate=True, out_shardings=sharding)
     program = Program(
         data,
         train,
         test,
-        compile_lowered(chunk),
-        compile_lowered(finish),
+        jit(chunk, states, data, test, task0, trainable, task0, task0),
+        jit(finish, states, train, task0),
         evaluate,
         view,
         sharding,
@@ -178,7 +180,7 @@ def _view(stream: Stream, objective):
     return name, objective._replace(likelihood=lik._replace(metric_fn=metric_fn)), higher_is_better
 
 
-def _compile_evaluate(objective, params, test, seen: bool = False):
+def _compile_evaluate(objective, params, test, seen: bool = False, base=None, frozen=None):
     """The metric on every task for every member: (params (M, ...), test, upto) -> (M, T).
     With `seen`, tasks after `upto` are NaN and cost nothing; otherwise `upto` is ignored."""
 
@@ -186,7 +188,20 @@ def _compile_evaluate(objective, params, test, seen: bool = False):
         return evaluate_tasks(objective, p, t, upto if seen else None)
 
     evaluate = jax.vmap(evaluate, in_axes=(0, None, None))
-    return compile_lowered(jax.jit(evaluate).lower(params, test, jnp.int32(0)))
+    return _compile(evaluate, params, test, jnp.int32(0), base=base, frozen=frozen)
+
+
+def _compile(fn, *args, base=None, frozen=None, donate: bool = False, **jit_kwargs):
+    """`fn` jitted (donating its first argument with `donate`), lowered for `args`, compiled.
+    With a partitioned method's `base` (continual.models.partition.Base) the frozen params
+    `frozen` are the compiled program's first argument, which the returned callable supplies:
+    closed over, they would be constants embedded in the program (unbatched under vmap either
+    way, so a sweep's members share them)."""
+    if base is None:
+        jitted = jax.jit(fn, donate_argnums=0 if donate else (), **jit_kwargs)
+        return compile_lowered(jitted.lower(*args))
+    jitted = jax.jit(taking_base(fn, base), donate_argnums=1 if donate else (), **jit_kwargs)
+    return functools.partial(compile_lowered(jitted.lower(frozen, *args)), frozen)
 
 
 # XLA:CPU compiles some fusions differently for different shapes: YNNPACK takes some reductions

@@ -17,6 +17,16 @@ from continual.data.text import CharTokenizer
 def load_language_model(run_dir: Path, method: str | None = None):
     """(model, params, tokenizer) of a run's method (default: its first): the transformer of
     its config with the parameters of its newest checkpoint, and the run's tokenizer.json."""
+    _run_info(run_dir)
+    if not (run_dir / "tokenizer.json").exists():
+        raise ValueError(f"{str(run_dir)!r} has no tokenizer.json: its stream is not text")
+    tokenizer = CharTokenizer.from_json((run_dir / "tokenizer.json").read_text())
+    model, params = load_model(run_dir, method)
+    return model, params, tokenizer
+
+
+def _run_info(run_dir: Path) -> tuple[dict, dict]:
+    """(run.json, config.json) of a run directory (not a sweep's)."""
     if not (run_dir / "run.json").exists():
         raise FileNotFoundError(f"{str(run_dir)!r} is not a run directory (no run.json)")
     try:
@@ -26,30 +36,35 @@ def load_language_model(run_dir: Path, method: str | None = None):
         raise ValueError(f"cannot read the run in {str(run_dir)!r}: {e}") from None
     if info.get("kind") == "sweep":
         raise ValueError(f"{str(run_dir)!r} is a sweep; generate reads a run's methods")
-    if not (run_dir / "tokenizer.json").exists():
-        raise ValueError(f"{str(run_dir)!r} has no tokenizer.json: its stream is not text")
-    tokenizer = CharTokenizer.from_json((run_dir / "tokenizer.json").read_text())
+    return info, config
+
+
+def load_model(run_dir: Path, method: str | None = None):
+    """(model, params) of a run's method (default: its first): the transformer its config built
+    (a pretrained one read again from its file) with the full parameters of the newest
+    checkpoint: the trained part merged into the frozen one, LoRA adapters folded into their
+    kernels."""
+    info, config = _run_info(run_dir)
     methods = info.get("methods") or []
     method = method or (methods[0] if methods else None)
     if method not in methods:
         raise ValueError(f"unknown method {method!r} (this run has: {', '.join(methods)})")
-    spec = dict(config.get("model", {}))
-    if spec.pop("name", None) != "transformer":
+    if config.get("model", {}).get("name") not in ("transformer", *models.PRETRAINED):
         raise ValueError(f"the model of {str(run_dir)!r} is not a transformer language model")
-    model = models.make("transformer", tokenizer.vocab_size, **spec)
     folder = run_dir / method / "checkpoints"
     if not folder.is_dir() or not any(p.name.isdigit() for p in folder.iterdir()):
         raise ValueError(f"method {method!r} of {str(run_dir)!r} has no checkpoint")
     plan = runner.plan(config, [method])
+    built = plan.methods[0]
     restored = Checkpointer(folder).restore_latest(
-        runner.initial_state(plan.methods[0], plan.key), move_aside=False
+        runner.initial_state(built, plan.key), move_aside=False
     )
     if restored is None:
         raise ValueError(f"method {method!r} of {str(run_dir)!r} has no readable checkpoint")
-    params = jax.tree.map(lambda a: a[0], restored[0].params)  # the run's one member
+    trainable = jax.tree.map(lambda a: a[0], restored[0].params)  # the run's one member
     if not (run_dir / method / "results.json").exists():
         warnings.warn(f"{method} has not finished; its newest checkpoint is used", stacklevel=2)
-    return model, params, tokenizer
+    return built.model, built.full_params(trainable)
 
 
 def prompt_for(run_dir: Path, method: str | None, question: str) -> tuple[str, list[str]]:

@@ -12,9 +12,8 @@ all tasks; a retrieval method trains its reader the same way, then answers from 
 
 from __future__ import annotations
 
-import functools
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +26,13 @@ from continual.checkpoint import CheckpointSettings
 from continual.config import ConfigError, apply_overrides, number, section
 from continual.loop import Hooks, Job, run_job
 from continual.losses import LIKELIHOODS, Objective
+from continual.models.partition import Base, Partition, bind, parse_train
 from continual.program import EVALUATE, Settings
 from continual.regularisers import Regulariser, chain, registry
 from continual.train import SAMPLING, check_epochs, init_state, make_optimizer
 from continual.types import Results, Stream, TaskData, TrainState, as_inputs, stack_tasks
 
-METHOD_KEYS = {"use": list, "joint": bool, "freeze": list, "retrieval": dict}
+METHOD_KEYS = {"use": list, "joint": bool, "freeze": list, "retrieval": dict, "train": object}
 
 
 def _call(factory, what: str, *args, **kwargs):
@@ -43,6 +43,15 @@ def _call(factory, what: str, *args, **kwargs):
         raise ConfigError(f"{what}: {e}") from None
     except ValueError as e:
         raise ConfigError(f"{what}: {e}") from None
+
+
+def base_follows_seed(config: dict, selected: list[str] | None = None) -> bool:
+    """Whether a selected method trains part of a model drawn from the seed: its frozen part
+    then differs between seeds, which a sweep's members cannot share (a pretrained model's
+    base is the same for every seed)."""
+    if section(config, "model").get("name") in models.PRETRAINED:
+        return False
+    return any(s["train"].kind != "all" for s in method_specs(config, selected).values())
 
 
 def stream_follows_seed(config: dict) -> bool:
@@ -69,7 +78,8 @@ def build_stream(config: dict) -> Stream:
 
 
 def method_specs(config: dict, selected: list[str] | None = None) -> dict[str, dict]:
-    """The methods to run, in order, each checked: {"use", "joint", "freeze", "retrieval"}."""
+    """The methods to run, in order, each checked: {"use", "joint", "freeze", "retrieval",
+    "train"} (train: which parameters move, continual.models.partition; absent: all)."""
     methods = section(config, "methods")
     known_regs = config.get("regularisers") or {}
     names = list(selected or config.get("run") or methods)
@@ -82,6 +92,7 @@ def method_specs(config: dict, selected: list[str] | None = None) -> dict[str, d
                 f"unknown method {name!r} (this experiment has: {', '.join(methods)})"
             )
         spec = {"use": [], "joint": False, "freeze": [], "retrieval": None, **methods[name]}
+        spec["train"] = _call(parse_train, f"methods.{name}.train", spec.get("train"))
         for key, value in spec.items():
             if key not in METHOD_KEYS:
                 raise ConfigError(
@@ -108,41 +119,42 @@ class Method:
     """Everything one method needs to run, built and validated before anything is written."""
 
     name: str
-    objective: Objective
+    objective: Objective  # its apply takes the trainable parameters only
     optimizer: Any
     regulariser: Regulariser
-    params: Any
+    params: Any  # the trainable parameters at the start
     joint: bool
     freeze: list[str]
     # a reader of retrieved facts (retrieval.check_retrieval): {"k", "steps", "reader", "rows"}
     retrieval: dict | None = None
+    model: Any = None
+    partition: Partition = field(default_factory=Partition)  # which parameters train
+    base: Base | None = None  # the parameters that do not (LoRA: all of the model's)
 
-
-@functools.lru_cache(maxsize=8)
-def _init_cached(model, key_data: bytes, shape: tuple, dtype: str):
-    key = jax.random.wrap_key_data(jnp.asarray(np.frombuffer(key_data, np.uint32)))
-    return jax.jit(model.init)(key, jnp.zeros(shape, dtype))
-
-
-def _init_params(model, key, x):
-    """model.init, shared by every method with the same model and key (flax modules hash by
-    their fields), so that a comparison of methods starts them all from the same parameters."""
-    data = np.asarray(jax.random.key_data(key)).tobytes()
-    return _init_cached(model, data, tuple(x.shape), str(x.dtype))
+    def full_params(self, trainable):
+        """The model's params (adapters folded in) from trainable parameters (no member axis)."""
+        return self.partition.merge(trainable, None if self.base is None else self.base.arrays)
 
 
 def build_method(name: str, spec: dict, config: dict, stream: Stream, key) -> Method:
-    """Builds the model, objective, optimizer and regulariser of one method."""
+    """Builds the model (a pretrained one's params, or its init with `key`, the same for every
+    method), objective, optimizer and regulariser of one method. A method that trains part of
+    the parameters (spec["train"]) reads the frozen part from a Base in its objective."""
     model_spec = dict(section(config, "model"))
     model_name = model_spec.pop("name", None)
     if model_name not in models.MODELS:
         raise ConfigError(f"unknown model {model_name!r} (known: {', '.join(models.MODELS)})")
-    model = _call(models.make, f"model {model_name}", model_name, stream.num_outputs, **model_spec)
-    params = _call(
-        _init_params, f"model {model_name}", model, key, as_inputs(stream.tasks[0].train["x"][:1])
-    )
+    x = as_inputs(stream.tasks[0].train["x"][:1])
+    what, outputs = f"model {model_name}", stream.num_outputs
+    model, params = _call(models.build, what, model_name, outputs, key, x, **model_spec)
+    part = spec.get("train") or Partition()
+    apply, base = model.apply, None
+    if part.kind != "all":  # adapters drawn with the init key folded: the same for every method
+        split = _call(part.split, f"methods.{name}.train", params, jax.random.fold_in(key, 1))
+        params, base = split[0], Base(split[1])
+        apply = bind(model.apply, part, base)
     masks = jnp.asarray(np.stack([t.label_mask for t in stream.tasks]))
-    objective = Objective(model.apply, LIKELIHOODS[stream.likelihood], masks)
+    objective = Objective(apply, LIKELIHOODS[stream.likelihood], masks)
     opt_spec = {k: v for k, v in section(config, "optimizer").items() if k != "reset_per_task"}
     opt_name = opt_spec.pop("name", None)
     optimizer = _call(make_optimizer, "optimizer", opt_name, **opt_spec)
@@ -173,6 +185,9 @@ def build_method(name: str, spec: dict, config: dict, stream: Stream, key) -> Me
         spec["joint"],
         spec["freeze"],
         reader,
+        model,
+        part,
+        base,
     )
 
 
@@ -242,7 +257,7 @@ class Plan:
 
     def steps(self, method) -> int:
         """A method's training steps (for a progress bar)."""
-        per_method = self.settings.steps * len(self.stream.tasks)
+        per_method = self.settings.steps * len(self.stream.trained_tasks)
         return (method.retrieval or {}).get("steps") or per_method
 
     @property
@@ -270,7 +285,7 @@ def plan(config: dict, selected: list[str] | None = None) -> Plan:
     settings = train_settings(config)
     checkpoints = checkpoint_settings(config)
     stream = build_stream(config)
-    check_epochs(settings.sampling, settings.batch_size, stream.tasks)
+    check_epochs(settings.sampling, settings.batch_size, stream.trained_tasks)
     train, test = stack_tasks(stream.tasks, "train"), stack_tasks(stream.tasks, "test")
     init_key, run_key = jax.random.split(jax.random.key(seed))
     methods = [
@@ -304,6 +319,7 @@ DEFAULTS = (  # optional keys: (section, its names they belong to or None for al
     ("stream", streams.SPLIT_STREAMS, {"class_order": None, "class_seed": None}),
     ("model", models.INIT_MODELS, {"initializer": "lecun"}),
     ("model", ("mlp",), {"residual": False}),
+    ("model", models.PRETRAINED, {"path": None, "context": None, "dtype": "float32"}),
 )
 
 
@@ -348,7 +364,7 @@ def execute(
     the others from their newest readable checkpoint, giving the numbers of an uninterrupted run.
     """
     hooks = Hooks(on_steps, should_stop)
-    out, shared = {}, None  # every method has the same model and test data: one evaluate
+    out, shared = {}, {}  # the same model and test data: one evaluate per way of training
     for m in p.methods:
         done = run_dir / m.name / "results.json" if run_dir else None
         if resume and done is not None and done.exists():
@@ -366,11 +382,11 @@ def execute(
                 resume,
                 hooks,
                 stop_on_divergence=True,
-                shared=None if reader else shared,
+                shared=None if reader else shared.get(m.partition),
                 on_finish=lambda s, final=final: final.update(params=s.params),
             )
             if reader is None:
-                shared = program
+                shared[m.partition] = program
             else:  # the trained reader answers every fact set from the store
                 params = jax.tree.map(lambda a: a[0], final["params"])
                 out[m.name] = retrieval.reader_results(

@@ -194,7 +194,8 @@ def plan_sweep(
         # seed is a program of its own; otherwise all seeds share one.
         # defaults again: one may follow an outer value (an MLP's initializer, model.name)
         base = runner.with_defaults(_with(config, outer_values))
-        follows = runner.stream_follows_seed(base)
+        # so does a randomly initialised base a partitioned method freezes
+        follows = runner.stream_follows_seed(base) or runner.base_follows_seed(base, names)
         for seed_set in [[s] for s in all_seeds] if follows else [all_seeds]:
             groups.extend(_groups(base, names, grid, outer_values, seed_set, keep=not follows))
     return groups
@@ -225,7 +226,7 @@ def _groups(config, names, grid, outer_values, seeds, keep) -> list[Group]:
                 "two grid values print alike (6 significant digits), so two "
                 "members would share a directory; use distinct values"
             )
-        steps = plan.settings.steps * len(plan.stream.tasks)
+        steps = plan.settings.steps * len(plan.stream.trained_tasks)
         groups.append(Group(name, outer_values, members, cfg, plan if keep else None, steps))
     return groups
 

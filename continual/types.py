@@ -27,6 +27,11 @@ class Task(NamedTuple):
     `outputs`, if given, narrows what training on this task (and everything trained beside it:
     replayed examples, a Fisher) may use: e.g. a class-incremental softmax over only the classes
     seen so far (streams.train_outputs). Evaluation always reads the label mask alone.
+
+    `eval_only` marks a task that is evaluated after every row but never trained (what a
+    pretrained model knew before: probe questions, general text): it is a column of the
+    evaluation but no row, stack_tasks leaves it out of the training split (its `train` is never
+    read), and the joint baseline does not train on it. Such tasks come after every trained one.
     """
 
     id: int
@@ -36,11 +41,16 @@ class Task(NamedTuple):
     label_mask: np.ndarray  # bool over output units: which outputs this task may use
     pixels: tuple[np.ndarray, np.ndarray] | None = None
     outputs: np.ndarray | None = None  # bool over output units: training's restriction, or None
+    eval_only: bool = False  # evaluated after every row, never trained
 
 
 @dataclass(frozen=True)
 class Stream:
-    """A sequence of tasks, its scenario, and the likelihood its outputs are read with."""
+    """A sequence of tasks, its scenario, and the likelihood its outputs are read with.
+
+    The trained tasks come first, each a row (and a column) of the metric matrix; any
+    evaluation-only tasks (Task.eval_only) follow them, columns recorded apart (Results.eval_only).
+    """
 
     name: str
     tasks: tuple[Task, ...]
@@ -54,10 +64,28 @@ class Stream:
             raise ValueError(f"scenario must be one of {SCENARIOS}, got {self.scenario!r}")
         if not self.tasks:
             raise ValueError(f"stream {self.name!r} has no tasks")
+        flags = [bool(t.eval_only) for t in self.tasks]
+        if flags[0]:
+            raise ValueError(f"stream {self.name!r}: the first task must be trained, not eval-only")
+        if flags != sorted(flags):
+            raise ValueError(
+                f"stream {self.name!r}: eval-only tasks must follow every trained task"
+            )
 
     @property
     def task_names(self) -> list[str]:
+        """Every task's name, evaluation-only ones included (the evaluation's columns)."""
         return [t.name for t in self.tasks]
+
+    @property
+    def trained_tasks(self) -> tuple[Task, ...]:
+        """The tasks that are trained, in order: the rows of the metric matrix."""
+        return tuple(t for t in self.tasks if not t.eval_only)
+
+    @property
+    def eval_tasks(self) -> tuple[Task, ...]:
+        """The evaluation-only tasks (after the trained ones), or ()."""
+        return tuple(t for t in self.tasks if t.eval_only)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -74,7 +102,8 @@ class Stream:
             return "task_agnostic", np.ones((len(self.tasks), self.num_outputs), bool)
         own = np.zeros((len(self.tasks), self.num_outputs), bool)
         for i, t in enumerate(self.tasks):
-            own[i, np.unique(np.asarray(t.train["y"]))] = True
+            labels = t.test if t.eval_only else t.train  # an eval-only task has no training split
+            own[i, np.unique(np.asarray(labels["y"]))] = True
         return "task_aware", own
 
 
@@ -94,9 +123,10 @@ class TaskData(NamedTuple):
     which selects its label mask and input transform) are per example, `n` (T,) counts the valid
     ones. `pixels` = (index, weight), each (tasks, K, D), is the per-task input transform (see
     Task), or None. `outputs` (rows, C) bool is each row's training restriction (Task.outputs),
-    carried by every batch of that row as "outputs" (B, C); None: no restriction. Tasks of
-    different sizes share one shape, so switching task changes values, never shapes; a permuted
-    stream keeps one copy of its images.
+    carried by every batch of that row as "outputs" (B, C); None: no restriction. `eval_only`
+    (T,) bool marks the evaluation-only tasks of a test split, which are evaluated whatever
+    task the loop is on (None: there are none). Tasks of different sizes share one shape, so
+    switching task changes values, never shapes; a permuted stream keeps one copy of its images.
     """
 
     store: jax.Array
@@ -106,6 +136,7 @@ class TaskData(NamedTuple):
     task: jax.Array  # (T, N) task id of every example
     pixels: tuple | None = None
     outputs: jax.Array | None = None  # (T, C) bool: what training on each row may use
+    eval_only: jax.Array | None = None  # (T,) bool: evaluated always, never trained
 
     def _with_outputs(self, batch: dict, row) -> dict:
         if self.outputs is None:
@@ -168,7 +199,11 @@ class TrainState(NamedTuple):
 
 
 def stack_tasks(tasks: tuple[Task, ...] | list[Task], split: str) -> TaskData:
-    """Stacks one split of every task into a padded TaskData (shared input arrays stored once)."""
+    """Stacks one split of every task into a padded TaskData (shared input arrays stored once).
+    The training split leaves out the evaluation-only tasks (Task.eval_only), which come last:
+    its rows are the trained tasks."""
+    if split == "train":
+        tasks = [t for t in tasks if not t.eval_only]
     parts = [getattr(t, split) for t in tasks]
     n_max = max(len(p["x"]) for p in parts)
     stored, offsets, refs = [], {}, []
@@ -198,7 +233,12 @@ def stack_tasks(tasks: tuple[Task, ...] | list[Task], split: str) -> TaskData:
     outputs = None
     if split == "train" and any(t.outputs is not None for t in tasks):
         outputs = np.stack([_outputs(t) for t in tasks])
-    return TaskData(store, np.stack(refs), y, n, np.ascontiguousarray(ids), pixels, outputs)
+    eval_only = None
+    if any(t.eval_only for t in tasks):
+        eval_only = np.array([bool(t.eval_only) for t in tasks])
+    return TaskData(
+        store, np.stack(refs), y, n, np.ascontiguousarray(ids), pixels, outputs, eval_only
+    )
 
 
 def _outputs(task: Task) -> np.ndarray:
@@ -257,6 +297,12 @@ class Results:
 
     A missing value (a task not evaluated: unseen with `train.evaluate = "seen"`, or `initial`
     then) is NaN here and null in JSON; `from_json` reads null back as NaN.
+
+    `tasks`, `matrix`, `initial`, `summary`, `curves` and `views` cover the trained tasks only.
+    A stream's evaluation-only tasks (Task.eval_only), never trained, are recorded apart in
+    `eval_only`: {"tasks": names, "initial": (E,), "matrix": (rows, E), "values": (evals, E)
+    (after every chunk, as curves' values), "views": {name: {"initial", "matrix"}}}: the same
+    evaluations, their columns; absent for a stream without them.
     """
 
     method: str
@@ -273,6 +319,7 @@ class Results:
     rows: list[str] | None = None  # what each matrix row is (a task name, or "joint")
     diverged: dict[str, Any] | None = None  # {"task", "step", "last_finite_loss"} if it did
     views: dict[str, Any] | None = None  # {"task_aware" | "task_agnostic": {matrix, summary}}
+    eval_only: dict[str, Any] | None = None  # the evaluation-only tasks' columns (see above)
 
     def to_json(self) -> dict[str, Any]:
         out = {
@@ -295,6 +342,8 @@ class Results:
             out["diverged"] = self.diverged
         if self.views is not None:
             out["views"] = self.views
+        if self.eval_only is not None:
+            out["eval_only"] = self.eval_only
         return _nan_to_none(out)
 
     @classmethod
@@ -317,6 +366,13 @@ class Results:
         views = d.get("views")
         if views is not None:
             views = {k: _read_missing(v, ("initial", "matrix")) for k, v in views.items()}
+        eval_only = d.get("eval_only")
+        if eval_only is not None:
+            eval_only = _read_missing(eval_only, ("initial", "matrix", "values"))
+            eval_only["views"] = {
+                k: _read_missing(v, ("initial", "matrix"))
+                for k, v in (eval_only.get("views") or {}).items()
+            }
         return cls(
             **got,
             params=d.get("params"),
@@ -324,4 +380,5 @@ class Results:
             rows=d.get("rows"),
             diverged=d.get("diverged"),
             views=views,
+            eval_only=eval_only,
         )

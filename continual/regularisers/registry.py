@@ -57,7 +57,7 @@ class MethodSpec:
 def _groups(stream: Stream) -> tuple[tuple[int, int], ...] | None:
     """The stream's (task, class) pairs from its training labels; None unless integer classes."""
     groups = []
-    for t in stream.tasks:
+    for t in stream.trained_tasks:
         y = np.asarray(t.train["y"])
         if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
             return None
@@ -72,8 +72,8 @@ def context(objective: Objective, stream: Stream) -> Context:
         objective=objective,
         example_x=as_inputs(first["x"][:1])[0],
         example_y=first["y"][0],
-        num_tasks=len(stream.tasks),
-        num_examples=sum(len(t.train["x"]) for t in stream.tasks),
+        num_tasks=len(stream.trained_tasks),
+        num_examples=sum(len(t.train["x"]) for t in stream.trained_tasks),
         groups=_groups(stream),
     )
 

@@ -10,6 +10,7 @@ import numpy as np
 
 from continual.data import mnist, mnist1d, synthetic, text, toy
 from continual.streams.knowledge import facts
+from continual.streams.pretrained import pretrained_facts
 from continual.types import SCENARIOS, Stream, Task
 
 
@@ -366,4 +367,5 @@ STREAMS = {
     "rotated": rotated,
     "text_domains": text_domains,
     "facts": facts,
+    "pretrained_facts": pretrained_facts,
 }
