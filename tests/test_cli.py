@@ -50,6 +50,7 @@ def test_run_prints_the_table_and_the_article_line(tmp_path, capsys):
     assert [p.name for p in path.iterdir() if p.is_dir()] == ["article"]
 
 
+@pytest.mark.slow
 def test_plot_redraws_a_run(run_dir, capsys):
     for png in (run_dir / "plots").iterdir():
         png.unlink()
@@ -204,6 +205,7 @@ def test_bad_input_is_one_line_exit_2_nothing_written(case, tmp_path, capsys):
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
+@pytest.mark.slow
 def test_corrupt_run_files_are_one_line_errors(run_dir, tmp_path, capsys):
     broken = tmp_path / "broken"
     shutil.copytree(run_dir, broken)

@@ -91,6 +91,7 @@ def test_seen_gives_the_lower_triangle_and_final_row_of_all(both):
         assert both["seen"][name].views["task_aware"]["summary"]["fwt"] is None
 
 
+@pytest.mark.slow
 def test_the_joint_baseline_still_evaluates_every_task(both):
     full, seen = both["all"]["joint"], both["seen"]["joint"]
     assert seen.matrix == full.matrix and seen.summary == full.summary
@@ -98,6 +99,7 @@ def test_the_joint_baseline_still_evaluates_every_task(both):
     np.testing.assert_array_equal(seen.curves["values"][1:], full.curves["values"][1:])
 
 
+@pytest.mark.slow
 def test_missing_values_are_null_in_strict_json_and_read_back(both, tmp_path):
     seen = both["seen"]
     for r in seen.values():

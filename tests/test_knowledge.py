@@ -225,6 +225,7 @@ def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, capsys, sets, me
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_a_question_longer_than_the_context_is_refused_by_generate(tiny_run, capsys):
     argv = ["generate", str(tiny_run), "--prompt", "Where is the Forbidden City?" * 20]
     assert main(argv) == 2
@@ -240,6 +241,7 @@ def test_the_fact_sets_do_not_depend_on_the_reader_entities():
     assert not {f.entity for f in with_reader.reader} & {f.entity for f in alone.facts}
 
 
+@pytest.mark.slow
 def test_bits_per_char_is_summarised_as_lower_is_better(tiny_run):
     from continual.evaluate import summarize
 
@@ -262,6 +264,7 @@ def test_distillation_of_sequences_averages_over_real_positions_only():
     assert masked[1] == pytest.approx(float(distillation(out, target, seen, 2.0)[1]), rel=1e-6)
 
 
+@pytest.mark.slow
 def test_an_empty_retrieval_section_still_retrieves(tiny_run, tmp_path):
     config = json.loads((tiny_run / "config.json").read_text())
     config["methods"]["retrieval"]["retrieval"] = {}

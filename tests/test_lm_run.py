@@ -119,6 +119,7 @@ def test_every_method_runs_on_text_with_bits_and_accuracy(tiny_run):
     assert naive["summary"]["forgetting"] > 0  # ... and forgets it
 
 
+@pytest.mark.slow
 def test_generate_prints_the_likeliest_characters_then_the_completion(tiny_run, capsys):
     argv = ["generate", str(tiny_run), "--method", "replay", "--prompt", "Shall I"]
     assert main([*argv, "--max-new-tokens", "4", "--show-top", "3"]) == 0
@@ -130,6 +131,7 @@ def test_generate_prints_the_likeliest_characters_then_the_completion(tiny_run, 
     assert capsys.readouterr().out.startswith("明月")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "case, extra, message",
     [

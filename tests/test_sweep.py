@@ -227,6 +227,7 @@ def test_log_ranges_and_lists():
     assert sw.parse_values("k", "3", 1.0) == [3.0]
 
 
+@pytest.mark.slow
 def test_sweep_command_writes_members_table_and_plots(tmp_path, capsys, monkeypatch):
     from continual.experiments import split_blobs
 
