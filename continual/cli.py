@@ -14,6 +14,8 @@ from pathlib import Path
 
 from continual import rundir
 
+PRETRAINED_LMS = ("smollm2-135m",)  # continual generate --model (continual.reload)
+
 EXIT_BAD_INPUT = 2
 
 
@@ -25,10 +27,6 @@ class _Parser(argparse.ArgumentParser):
 def _fail(message: str, code: int = EXIT_BAD_INPUT) -> int:
     print(f"continual: error: {message}", file=sys.stderr)
     return code
-
-
-# pretrained language models `continual generate --model` takes: name -> context it is built with
-PRETRAINED_LMS = {"smollm2-135m": 1024}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -128,7 +126,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--model",
         default=None,
-        choices=sorted(PRETRAINED_LMS),
+        choices=sorted(PRETRAINED_LMS),  # continual.reload
         help="a pretrained model, no run needed (its GGUF is fetched into the cache once)",
     )
     g.add_argument("--raw", action="store_true", help="with --model: no chat template")
@@ -409,17 +407,6 @@ def _plot(args) -> int:
     return 0
 
 
-def _pretrained_lm(name: str):
-    """(model, params, tokenizer) of a pretrained language model by name."""
-    from continual.data.bpe import BPETokenizer
-    from continual.data.smollm2 import load_smollm2
-    from continual.models.llama_weights import params_from_gguf
-
-    spec, tensors, meta = load_smollm2()
-    model, params = params_from_gguf(spec, tensors, context=PRETRAINED_LMS[name])
-    return model, params, BPETokenizer.from_metadata(meta)
-
-
 def _generate(args) -> int:
     from continual.generate import format_steps, generate_text
 
@@ -437,7 +424,9 @@ def _generate(args) -> int:
         raise ValueError("--raw goes with --model (a run's prompt is always raw)")
     _enable_compilation_cache()
     if args.model is not None:
-        model, params, tokenizer = _pretrained_lm(args.model)
+        from continual.reload import pretrained_language_model
+
+        model, params, tokenizer = pretrained_language_model(args.model)
         prompt, facts = args.prompt if args.raw else tokenizer.chat(args.prompt), []
     else:
         from continual.reload import load_language_model, prompt_for

@@ -1,5 +1,5 @@
 """A finished run read back: its trained language model, and the prompt a retrieval method
-gives a question (what `continual generate` needs)."""
+gives a question; or a pretrained language model by name (what `continual generate` needs)."""
 
 from __future__ import annotations
 
@@ -78,3 +78,20 @@ def prompt_for(run_dir: Path, method: str | None, question: str) -> tuple[str, l
     if reader is None:
         return question, []
     return retrieval.retrieve(runner.build_stream(config), question, reader.get("k", 1))
+
+
+# `continual generate --model NAME`: (model name of continual.models, the context it is built with)
+PRETRAINED_LMS = {"smollm2-135m": ("smollm2", 1024)}
+
+
+def pretrained_language_model(name: str):
+    """(model, params, tokenizer) of a pretrained language model by name: continual.models'
+    weights (read once per file) and the BPE tokenizer of the same GGUF."""
+    from continual.data.bpe import BPETokenizer
+    from continual.data.gguf import read_tokenizer_metadata
+    from continual.data.smollm2 import smollm2_path
+
+    model_name, context = PRETRAINED_LMS[name]
+    tokenizer = BPETokenizer.from_metadata(read_tokenizer_metadata(smollm2_path()))
+    model, params = models.pretrained(model_name, tokenizer.vocab_size, context=context)
+    return model, params, tokenizer

@@ -41,3 +41,9 @@ def test_the_pretrained_model_knows_the_capital_of_france(capsys):
     # its top two are 0.35 apart at the first token, see tests/fixtures)
     assert out[-1] == "The capital of France is Paris."
     assert out[-3].endswith("→ <|im_end|>")  # it stopped at its end token
+
+
+def test_the_command_line_offers_exactly_the_models_reload_builds():
+    from continual import cli, reload
+
+    assert set(cli.PRETRAINED_LMS) == set(reload.PRETRAINED_LMS)
