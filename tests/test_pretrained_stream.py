@@ -1,12 +1,14 @@
 """The pretrained_facts stream on a tiny GGUF (random weights, a 400-token byte-level BPE)."""
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
+import test_bpe
 
 from continual import streams
 from continual.data import probes as pd
-from continual.data.gguf import LlamaSpec
 from continual.data.gguf_write import write_tiny_llama
 from continual.data.text import PAD, load_corpus
 from continual.generate import make_generate
@@ -19,19 +21,7 @@ from continual.streams.pretrained import (
 )
 from continual.types import stack_tasks
 
-SPEC = LlamaSpec(
-    vocab_size=400,
-    num_layers=1,
-    d_model=32,
-    num_heads=2,
-    num_kv_heads=1,
-    mlp_width=64,
-    rope_base=10000.0,
-    norm_eps=1e-5,
-    context_length=2048,
-    head_dim=16,
-    tied=True,
-)
+SPEC = dataclasses.replace(test_bpe.SPEC, context_length=2048)  # its tiny vocabulary
 SMALL = {"num_entities": 4, "num_sets": 2, "tiny": True, "shots": False, "text_windows_per_task": 3}
 
 
