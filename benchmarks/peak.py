@@ -2,6 +2,7 @@
 language model, measured in the benchmark's own process (shared machines are noisy: measure the
 peak before and after the work and keep the best)."""
 
+import functools
 import time
 
 import jax
@@ -9,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from continual.losses import Objective, next_token
+from continual.models.partition import Base, bind, taking_base
 from continual.regularisers import identity
 from continual.train import init_state, make_chunk, make_optimizer
 from continual.types import Task, stack_tasks
@@ -28,17 +30,30 @@ def matmul_peak_flops(n: int = 2048, repeats: int = 10, dtype=jnp.float32) -> fl
     return 2 * n**3 / best
 
 
-def chunk_speed(model, params, batch: int, context: int, steps: int, lr: float = 1e-3) -> dict:
+def chunk_speed(
+    model, params, batch: int, context: int, steps: int, lr: float = 1e-3, partition=None
+) -> dict:
     """Tokens/s of the runner's compiled chunk (`make_chunk`: `steps` Adam steps of the next-token
-    loss in one lax.scan) on random tokens; the first call (compilation included) is timed apart."""
+    loss in one lax.scan) on random tokens; the first call (compilation included) is timed apart.
+    With a `partition` (continual.models.partition) only its trainable part trains, the frozen
+    base an argument of the program, as the runner compiles it."""
     vocab = model.vocab_size
     ids = np.random.default_rng(0).integers(3, vocab, (4 * batch, context + 1)).astype(np.int32)
     data = {"x": ids[:, :-1], "y": ids[:, 1:]}
     task = Task(0, "random", data, {k: v[:1] for k, v in data.items()}, np.ones(vocab, bool))
     train, test = stack_tasks([task], "train"), stack_tasks([task], "test")
-    objective = Objective(model.apply, next_token, jnp.ones((1, vocab), bool))
+    apply, base = model.apply, None
+    if partition is not None:
+        params, frozen = partition.split(params, jax.random.key(2))
+        base = Base(frozen)
+        apply = bind(model.apply, partition, base)
+    objective = Objective(apply, next_token, jnp.ones((1, vocab), bool))
     optimizer, reg = make_optimizer("adam", lr), identity()
-    chunk = jax.jit(make_chunk(objective, optimizer, reg, batch, steps), donate_argnums=0)
+    fn = make_chunk(objective, optimizer, reg, batch, steps)
+    if base is None:
+        chunk = jax.jit(fn, donate_argnums=0)
+    else:
+        chunk = functools.partial(jax.jit(taking_base(fn, base), donate_argnums=1), frozen)
     state = init_state(params, optimizer, reg, jax.random.key(1))
     trainable = jax.tree.map(lambda _: jnp.float32(1), params)
     zero, done = jnp.int32(0), jnp.int32(steps)

@@ -13,9 +13,12 @@ Model FLOPs per token = 6 x parameters (the tied embedding counted once, as the 
 12 x layers x context x (heads x head width) for the attention matmuls (forward and backward of
 QK^T and PV over the full L x L, as computed). MFU is the achieved model FLOP/s over the best of
 several large jnp.dot of the same dtype in the same process (before and after the work), and, with
-`--published-peak`, over the device's datasheet peak. Generation decodes greedily with the KV
-cache from a one-token prompt to the end of the context, at batch 1 and 8. Peak memory is this
-process's peak resident set (ru_maxrss), read after training; on a GPU, the device's peak bytes.
+`--published-peak`, over the device's datasheet peak. LoRA (`--lora RANK`, default 8: adapters
+on attn_q, attn_v and mlp_up, the base frozen, as the pretrained_knowledge experiment trains them)
+is timed on the same chunk and reported as tokens/s beside full fine-tuning's. Generation decodes
+greedily with the KV cache from a one-token prompt to the end of the context, at batch 1 and 8.
+Peak memory is this process's peak resident set (ru_maxrss), read after full fine-tuning; on a
+GPU, the device's peak bytes.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import numpy as np
 from peak import chunk_speed, matmul_peak_flops
 
 from continual.generate import make_generate
+from continual.models.partition import Partition
 from continual.models.transformer import Transformer, num_params
 
 SMOLLM2 = {  # the architecture check_smollm2 accepts
@@ -73,6 +77,15 @@ def train_speed(model, params, batch: int, context: int, steps: int) -> dict:
     return out
 
 
+def lora_speed(model, params, batch: int, context: int, steps: int, rank: int) -> dict:
+    """Tokens/s of the same chunk training LoRA adapters of `rank` on the attention's query and
+    value and the MLP's up projection (the pretrained_knowledge experiment's), the base frozen."""
+    targets = ("attn_q", "attn_v", "mlp_up")
+    partition = Partition("lora", rank=rank, alpha=2.0 * rank, targets=targets)
+    out = chunk_speed(model, params, batch, context, steps, lr=1e-4, partition=partition)
+    return {**out, "rank": rank, "targets": list(targets)}
+
+
 def generation_speed(model, params, batch: int) -> float:
     """Generated tokens/s, greedy with the KV cache, from one token to the end of the context."""
     generate = jax.jit(make_generate(model, max_len=model.context + 1, end_id=None, pad_id=None))
@@ -105,6 +118,7 @@ def main() -> None:
     p.add_argument("--published-peak", type=float, default=None, help="FLOP/s, for MFU")
     p.add_argument("--gen-context", type=int, default=256)
     p.add_argument("--no-generate", action="store_true", help="measure training only")
+    p.add_argument("--lora", type=int, default=8, help="LoRA rank measured beside (0: none)")
     args = p.parse_args()
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
     load_before = os.getloadavg()
@@ -115,7 +129,11 @@ def main() -> None:
     model, params = build(args.weights, args.context, dtype)
     train = train_speed(model, params, args.batch, args.context, args.steps)
     print(f"train: {json.dumps(train)}", flush=True)
-    memory = peak_memory()
+    memory = peak_memory()  # full fine-tuning's: read before LoRA's run
+    lora = {}
+    if args.lora:
+        lora = lora_speed(model, params, args.batch, args.context, args.steps, args.lora)
+        print(f"lora: {json.dumps(lora)}", flush=True)
     gen = {}
     if not args.no_generate:
         gen_model, gen_params = build(args.weights, args.gen_context, dtype)
@@ -130,6 +148,7 @@ def main() -> None:
         "load_average_after": os.getloadavg(),
         "matmul_peak_flops": [peak_before, peak_after],
         "train": train,
+        "lora": lora,
         "mfu_measured_peak": train["flops_per_s"] / peak,
         "generate_tokens_per_s": gen,
         "memory": memory,
@@ -148,6 +167,12 @@ def main() -> None:
         + (f", {out['mfu_published_peak']:.1%} of the published" if args.published_peak else "")
         + f" (first call, compile included: {train['first_call_s']:.1f} s)"
     )
+    if lora:
+        print(
+            f"LoRA rank {lora['rank']} on {', '.join(lora['targets'])}, base frozen: "
+            f"{lora['tokens_per_s']:.0f} tokens/s, "
+            f"{lora['tokens_per_s'] / train['tokens_per_s']:.2f}x full fine-tuning's"
+        )
     print(
         f"generation with the KV cache to {args.gen_context} tokens: "
         + ", ".join(f"{k} {v:.1f} tokens/s" for k, v in gen.items())

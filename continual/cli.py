@@ -427,12 +427,12 @@ def _generate(args) -> int:
         from continual.reload import pretrained_language_model
 
         model, params, tokenizer = pretrained_language_model(args.model)
-        prompt, facts = args.prompt if args.raw else tokenizer.chat(args.prompt), []
+        prompt, facts, chat = args.prompt if args.raw else tokenizer.chat(args.prompt), [], True
     else:
         from continual.reload import load_language_model, prompt_for
 
         model, params, tokenizer = load_language_model(Path(args.run_dir), args.method)
-        prompt, facts = prompt_for(Path(args.run_dir), args.method, args.prompt)
+        prompt, facts, chat = prompt_for(Path(args.run_dir), args.method, args.prompt)
     if args.show_top > tokenizer.vocab_size:
         raise ValueError(f"--show-top must be at most the vocabulary size {tokenizer.vocab_size}")
     done = generate_text(
@@ -450,7 +450,7 @@ def _generate(args) -> int:
         print(f"retrieved: {fact}")
     if args.show_top:
         print(format_steps(done.steps))
-    chat = args.model is not None and not args.raw  # the answer is a turn of its own
+    chat = chat and not args.raw  # the answer is a turn of its own
     print(args.prompt + ("\n" if chat else "") + done.text)
     return 0
 

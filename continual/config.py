@@ -104,7 +104,10 @@ def experiment_config(module: ModuleType, arg: str | None, smoke: bool = False):
 
 
 def parse_value(text: str, current: Any, key: str) -> Any:
-    """Parses an override's text by the type of the value it replaces."""
+    """Parses an override's text by the type of the value it replaces; `null` unsets any key
+    but a flag or a section (stream.probe_keep=null: every probe)."""
+    if text == "null" and not isinstance(current, (bool, dict)):
+        return None
     if isinstance(current, bool):
         if text.lower() in ("true", "1", "yes"):
             return True

@@ -77,11 +77,14 @@ def run_job(
     stop_on_divergence: bool = False,
     shared: Program | None = None,
     on_finish: Callable[[TrainState], None] | None = None,
+    initial: dict | None = None,
 ) -> tuple[list[Results], Program]:
     """Compiles `method` for the stacked `states`, checkpoints into `folder` (resuming from it),
     and trains every member through the job's stream: the one path of a run's method, a sweep's
     group and a retrieval reader. Returns one Results per real member, and the program (whose
-    evaluation the next method with the same model and data may share)."""
+    evaluation the next method with the same model and data may share; `initial`, a dict,
+    shares the evaluation before training too: give the same one only to methods that start
+    from the same parameters)."""
     program, states = compile_program(
         method, states, job.stream, job.train, job.test, job.settings, shared
     )
@@ -103,6 +106,7 @@ def run_job(
         checkpoint=save,
         checkpoint_every=checkpoints.every_chunks,
         on_finish=on_finish,
+        initial=initial,
     )
     return results, program
 
@@ -122,17 +126,25 @@ def _member(host_tree, i: int):
     return jax.tree.map(lambda a: a[i].tolist(), host_tree)
 
 
-def _start(program: Program, states: TrainState, num_tasks: int, settings: Settings) -> Progress:
+def _start(
+    program: Program, states: TrainState, num_tasks: int, settings: Settings, known=None
+) -> Progress:
     """The progress of a fresh run: every task evaluated before training (with
-    `evaluate = "seen"` only the evaluation-only tasks, the others unknown)."""
+    `evaluate = "seen"` only the evaluation-only tasks, the others unknown). `known`, a dict
+    shared by methods that start from the same parameters with the same evaluation, holds the
+    first one's initial evaluation for the others."""
     m, last = program.members, jnp.int32(num_tasks - 1)
     initial = initial_view = np.full((m, num_tasks), np.nan)
     if settings.evaluate == "seen" and program.test.eval_only is not None:
         last = jnp.int32(-1)  # no task is seen yet: the evaluation-only tasks alone
-    if settings.evaluate != "seen" or program.test.eval_only is not None:
+    if known is not None and "initial" in known:
+        initial, initial_view = known["initial"]
+    elif settings.evaluate != "seen" or program.test.eval_only is not None:
         initial = to_host(program.evaluate(states.params, program.test, last))[:m]  # (M, T)
         if program.view is not None:
             initial_view = to_host(program.view[1](states.params, program.test, last))[:m]
+    if known is not None:
+        known["initial"] = initial, initial_view
     p = Progress(
         steps=[0],
         training_task=[0],
@@ -186,6 +198,7 @@ def run_program(
     checkpoint: Callable | None = None,
     checkpoint_every: int = 0,
     on_finish: Callable[[TrainState], None] | None = None,
+    initial: dict | None = None,
 ) -> list[Results]:
     """Trains every member through the stream; one Results per real member.
 
@@ -195,6 +208,7 @@ def run_program(
     loop saves at the end of every task and every `checkpoint_every` chunks; `progress` (from a
     checkpoint) resumes where it left off, and `hooks.should_stop()` turns into a checkpoint and
     Interrupted at the next chunk boundary. `on_finish(states)` receives the final states.
+    `initial` shares the evaluation before training between methods (see `_start`).
     """
     m, test = program.members, program.test  # the device copies: no transfer per chunk
     trained = [t.name for t in stream.trained_tasks]  # the rows; eval-only tasks follow them
@@ -202,7 +216,9 @@ def run_program(
     rows = ["joint"] if method.joint else trained
     seen, last = seen_only(method, settings), jnp.int32(len(stream.tasks) - 1)
     t0 = time.perf_counter()
-    p = progress or _start(program, states, len(stream.tasks), settings)
+    if progress is None and program.prepare is not None:  # a fresh start: before any task
+        states = program.prepare(states)
+    p = progress or _start(program, states, len(stream.tasks), settings, initial)
     if hooks.on_steps is not None and p.step:  # resumed: a bar starts where the run stopped
         hooks.on_steps(p.step)
 

@@ -35,6 +35,9 @@ class Settings(NamedTuple):
     reset_per_task: bool = False
     evaluate: str = "all"  # "all": every task, and before training; "seen": tasks 0..row only
     sampling: str = "uniform"  # minibatches: "uniform" with replacement, "shuffle" by epochs
+    # on CPU, compile with the options that keep a sweep member's arithmetic a run's, to the bit
+    # (compile_lowered); off, large models compile several times faster
+    exact_compile: bool = True
 
 
 EVALUATE = ("all", "seen")
@@ -56,6 +59,8 @@ class Program(NamedTuple):
     # metric (M, T))
     chunk: Any
     finish: Any  # (states, train, task) -> (states, probe outputs (M, ...))
+    # (states) -> states consolidated on the method's general data, before the first task; or None
+    prepare: Any
     evaluate: Any  # (params, test, upto) -> metric (M, T); upto (int32) is used when "seen"
     # (name, evaluate, higher_is_better) of the second reading (see _view)
     view: tuple[str, Any, bool] | None
@@ -69,8 +74,9 @@ def finish_task(method, reset: bool, probes) -> Callable:
     consolidate = make_consolidate(method.regulariser)
 
     def finish(state, train, task):
-        out = method.objective.apply(state.params, probes)
-        if not method.joint:
+        # the stream's probe predictions; none to make (and no forward pass to compile) without
+        out = jnp.zeros(()) if probes is None else method.objective.apply(state.params, probes)
+        if not method.joint and getattr(method, "general", None) is None:
             state = consolidate(state, train, task)
         if reset:
             state = reset_optimizer(method.optimizer, state)
@@ -96,6 +102,20 @@ def member_functions(
     return chunk, finish_task(method, settings.reset_per_task, probes)
 
 
+def prepare_on(method) -> Callable:
+    """The pure start of a method with general data (`method.general`, a batch {"x", "y",
+    "task", "weight"}): its regularisers consolidate once on it, at the initial parameters, in
+    place of every task's end (EWC's Fisher of general text at the pretrained weights, a replay
+    memory of general text from the first step)."""
+
+    def prepare(state, general):
+        key = jax.random.fold_in(state.key, 4)
+        reg_state = method.regulariser.consolidate(state.reg_state, state.params, general, key)
+        return state._replace(reg_state=reg_state)
+
+    return prepare
+
+
 def trainable_mask(params, freeze: list[str], frozen: bool):
     """0/1 per leaf: a leaf whose path names any of `freeze` gets 0 when `frozen`."""
 
@@ -106,11 +126,9 @@ def trainable_mask(params, freeze: list[str], frozen: bool):
     return jax.tree_util.tree_map_with_path(mark, params)
 
 
-def probe_inputs(stream: Stream) -> jax.Array:
-    """The stream's probe inputs, or one zero input of its dtype (token ids stay integers)."""
-    if stream.probes is not None:
-        return jnp.asarray(stream.probes)
-    return jnp.zeros((1, *stream.input_shape), stream.tasks[0].train["x"].dtype)
+def probe_inputs(stream: Stream) -> jax.Array | None:
+    """The stream's probe inputs, or None."""
+    return None if stream.probes is None else jnp.asarray(stream.probes)
 
 
 def compile_program(
@@ -143,20 +161,39 @@ def compile_program(
     frozen = None if base is None else place(base.arrays, replicated)
     if shared is None:
         seen = settings.evaluate == "seen"
-        evaluate = _compile_evaluate(method.objective, states.params, test, seen, base, frozen)
+        exact = settings.exact_compile
+        evaluate = _compile_evaluate(
+            method.objective, states.params, test, seen, base, frozen, exact
+        )
         view = _view(stream, method.objective)
         if view is not None:
-            compiled = _compile_evaluate(view[1], states.params, test, seen, base, frozen)
+            compiled = _compile_evaluate(view[1], states.params, test, seen, base, frozen, exact)
             view = view[0], compiled, view[2]
     else:
         evaluate, view = shared.evaluate, shared.view
-    jit = functools.partial(_compile, base=base, frozen=frozen, donate=True, out_shardings=sharding)
+    jit = functools.partial(
+        _compile,
+        base=base,
+        frozen=frozen,
+        donate=True,
+        exact=settings.exact_compile,
+        out_shardings=sharding,
+    )
+    general = getattr(method, "general", None)
+    if general is not None:
+        general = place(general, replicated)
+        compiled = jit(jax.vmap(prepare_on(method), in_axes=(0, None)), states, general)
+
+        def prepare(states):
+            return compiled(states, general)
+
     program = Program(
         data,
         train,
         test,
         jit(chunk, states, data, test, task0, trainable, task0, task0),
         jit(finish, states, train, task0),
+        None if general is None else prepare,
         evaluate,
         view,
         sharding,
@@ -177,10 +214,16 @@ def _view(stream: Stream, objective):
     if lik.second is None:
         return None
     name, metric_fn, higher_is_better = lik.second
-    return name, objective._replace(likelihood=lik._replace(metric_fn=metric_fn)), higher_is_better
+    return (
+        stream.reading(name),
+        objective._replace(likelihood=lik._replace(metric_fn=metric_fn)),
+        higher_is_better,
+    )
 
 
-def _compile_evaluate(objective, params, test, seen: bool = False, base=None, frozen=None):
+def _compile_evaluate(
+    objective, params, test, seen: bool = False, base=None, frozen=None, exact: bool = True
+):
     """The metric on every task for every member: (params (M, ...), test, upto) -> (M, T).
     With `seen`, tasks after `upto` are NaN and cost nothing; otherwise `upto` is ignored."""
 
@@ -188,20 +231,22 @@ def _compile_evaluate(objective, params, test, seen: bool = False, base=None, fr
         return evaluate_tasks(objective, p, t, upto if seen else None)
 
     evaluate = jax.vmap(evaluate, in_axes=(0, None, None))
-    return _compile(evaluate, params, test, jnp.int32(0), base=base, frozen=frozen)
+    return _compile(evaluate, params, test, jnp.int32(0), base=base, frozen=frozen, exact=exact)
 
 
-def _compile(fn, *args, base=None, frozen=None, donate: bool = False, **jit_kwargs):
+def _compile(
+    fn, *args, base=None, frozen=None, donate: bool = False, exact: bool = True, **jit_kwargs
+):
     """`fn` jitted (donating its first argument with `donate`), lowered for `args`, compiled.
     With a partitioned method's `base` (continual.models.partition.Base) the frozen params
     `frozen` are the compiled program's first argument, which the returned callable supplies:
     closed over, they would be constants embedded in the program (unbatched under vmap either
-    way, so a sweep's members share them)."""
+    way, so a sweep's members share them). `exact`: compile_lowered's options (else XLA's own)."""
     if base is None:
         jitted = jax.jit(fn, donate_argnums=0 if donate else (), **jit_kwargs)
-        return compile_lowered(jitted.lower(*args))
+        return compile_lowered(jitted.lower(*args), exact)
     jitted = jax.jit(taking_base(fn, base), donate_argnums=1 if donate else (), **jit_kwargs)
-    return functools.partial(compile_lowered(jitted.lower(frozen, *args)), frozen)
+    return functools.partial(compile_lowered(jitted.lower(frozen, *args), exact), frozen)
 
 
 # XLA:CPU compiles some fusions differently for different shapes: YNNPACK takes some reductions
@@ -215,10 +260,11 @@ _cpu_options = {"xla_cpu_experimental_ynn_fusion_type": "", "xla_cpu_use_fusion_
 _RuntimeError = getattr(jax.errors, "JaxRuntimeError", RuntimeError)
 
 
-def compile_lowered(lowered):
-    """`lowered.compile()`, on CPU with the options above."""
+def compile_lowered(lowered, exact: bool = True):
+    """`lowered.compile()`, on CPU with the options above (with `exact`; without, XLA's default
+    options, which compile SmolLM2-135M's training chunk in 64 s instead of 221: docs/speed.md)."""
     global _cpu_options
-    if jax.default_backend() != "cpu" or not _cpu_options:
+    if jax.default_backend() != "cpu" or not _cpu_options or not exact:
         return lowered.compile()
     try:
         return lowered.compile(compiler_options=_cpu_options)

@@ -20,7 +20,13 @@ def load_language_model(run_dir: Path, method: str | None = None):
     _run_info(run_dir)
     if not (run_dir / "tokenizer.json").exists():
         raise ValueError(f"{str(run_dir)!r} has no tokenizer.json: its stream is not text")
-    tokenizer = CharTokenizer.from_json((run_dir / "tokenizer.json").read_text())
+    text = (run_dir / "tokenizer.json").read_text()
+    try:
+        tokenizer = CharTokenizer.from_json(text)
+    except ValueError:  # a pretrained model's subword tokenizer
+        from continual.data.bpe import BPETokenizer
+
+        tokenizer = BPETokenizer.from_json(text)
     model, params = load_model(run_dir, method)
     return model, params, tokenizer
 
@@ -51,10 +57,15 @@ def load_model(run_dir: Path, method: str | None = None):
         raise ValueError(f"unknown method {method!r} (this run has: {', '.join(methods)})")
     if config.get("model", {}).get("name") not in ("transformer", *models.PRETRAINED):
         raise ValueError(f"the model of {str(run_dir)!r} is not a transformer language model")
+    spec = config.get("methods", {}).get(method) or {}
+    if (spec.get("retrieval") or {}).get("steps") == 0:  # reads with the model as it was built
+        config = {**config, "stream": _any_probes(config.get("stream", {}))}
+        built = runner.plan(config, [method]).methods[0]
+        return built.model, built.full_params(built.params)
     folder = run_dir / method / "checkpoints"
     if not folder.is_dir() or not any(p.name.isdigit() for p in folder.iterdir()):
         raise ValueError(f"method {method!r} of {str(run_dir)!r} has no checkpoint")
-    plan = runner.plan(config, [method])
+    plan = runner.plan({**config, "stream": _any_probes(config.get("stream", {}))}, [method])
     built = plan.methods[0]
     restored = Checkpointer(folder).restore_latest(
         runner.initial_state(built, plan.key), move_aside=False
@@ -67,17 +78,30 @@ def load_model(run_dir: Path, method: str | None = None):
     return built.model, built.full_params(trainable)
 
 
-def prompt_for(run_dir: Path, method: str | None, question: str) -> tuple[str, list[str]]:
-    """(prompt, retrieved facts) for `continual generate`: a retrieval method's question gets the
-    top-k facts of its run's whole store (the stream rebuilt from config.json); any other
-    method's prompt is the question itself."""
+def _any_probes(stream: dict) -> dict:
+    """A stream section whose probe_keep "known" (which asks the model first) is every probe:
+    which probes a run kept plays no part in its model or its prompts."""
+    return {**stream, "probe_keep": None} if stream.get("probe_keep") == "known" else stream
+
+
+def prompt_for(run_dir: Path, method: str | None, question: str) -> tuple[str, list[str], bool]:
+    """(prompt, retrieved facts, chat) for `continual generate`: a retrieval method's question
+    gets the top-k facts of its run's whole store (the stream rebuilt from config.json); a
+    stream that asks in a chat format (pretrained_facts) wraps the question in it as its
+    questions were asked (chat: True); otherwise the prompt is the question itself."""
     config = json.loads((run_dir / "config.json").read_text())
     methods = json.loads((run_dir / "run.json").read_text()).get("methods") or []
     spec = config.get("methods", {}).get(method or (methods[0] if methods else None), {})
     reader = spec.get("retrieval") if isinstance(spec, dict) else None
-    if reader is None:
-        return question, []
-    return retrieval.retrieve(runner.build_stream(config), question, reader.get("k", 1))
+    stream_spec = config.get("stream", {})
+    chat = stream_spec.get("name") == "pretrained_facts"
+    if reader is None and not chat:
+        return question, [], False
+    stream = runner.build_stream({**config, "stream": _any_probes(stream_spec)})
+    prompt, facts = question, []
+    if reader is not None:
+        prompt, facts = retrieval.retrieve(stream, question, reader.get("k", 1))
+    return (stream.prompt(prompt), facts, True) if chat else (prompt, facts, False)
 
 
 # `continual generate --model NAME`: (model name of continual.models, the context it is built with)

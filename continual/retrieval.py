@@ -27,9 +27,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from continual.data.facts import fact_text, renderings
+from continual.data.facts import fact_text
 from continual.evaluate import evaluate_tasks, summarize
-from continual.streams.knowledge import FactStream, encode_pairs, retrieval_prompt
+from continual.streams.knowledge import FactStream, retrieval_prompt
 from continual.types import Results, Stream, Task, stack_tasks
 
 
@@ -107,7 +107,7 @@ def reader_task(stream: FactStream, k: int, seed: int = 0, test_size: int = 512)
     rng = np.random.default_rng(seed)
     train, test = [], []
     for gold, fact in enumerate(reader):
-        pairs = renderings(fact, "train")
+        pairs = stream.questions(fact, "train")
         top = retriever.rank([q for q, _ in pairs], k)
         for (question, answer), picked in zip(pairs, top.tolist(), strict=True):
             test.append(
@@ -120,15 +120,10 @@ def reader_task(stream: FactStream, k: int, seed: int = 0, test_size: int = 512)
                 (retrieval_prompt([retriever.sentences[i] for i in picked], question), answer)
             )
     test = [test[i] for i in np.linspace(0, len(test) - 1, min(test_size, len(test))).astype(int)]
-    width = max(len(q) + len(a) for q, a in train + test)
-    mask = stream.tasks[0].label_mask
-    data = [
-        encode_pairs(
-            stream.tokenizer, p, stream.context, f"reader prompts ({k} fact(s) each)", width
-        )
-        for p in (train, test)
-    ]
-    return Task(0, "reader", data[0], data[1], mask)
+    data = stream.encode_questions(train + test, f"reader prompts ({k} fact(s) each)")
+    split = [{key: v[: len(train)] for key, v in data.items()}]
+    split.append({key: v[len(train) :] for key, v in data.items()})
+    return Task(0, "reader", split[0], split[1], stream.tasks[0].label_mask)
 
 
 class RetrievalRows:
@@ -147,7 +142,7 @@ class RetrievalRows:
             questions.append([])
             golds.append([])
             for i, fact in enumerate(fact_set):
-                pairs = renderings(fact, stream.test_templates)
+                pairs = stream.questions(fact, stream.test_templates)
                 questions[-1] += pairs
                 golds[-1] += [first + i] * len(pairs)
         store: list[str] = []
@@ -169,18 +164,13 @@ class RetrievalRows:
                 )
             if r < len(sets):
                 store += [fact_text(f) for f in sets[r]]
-        width = max(len(q) + len(a) for pairs in rows for q, a in pairs)
         mask = stream.tasks[0].label_mask
         what = f"retrieval prompts ({k} fact(s) before each question; lower k?)"
+        data = stream.encode_questions([p for pairs in rows for p in pairs], what)
+        ends = np.cumsum([0, *map(len, rows)])
         tasks = [
-            Task(
-                i,
-                f"row{i}",
-                {},
-                encode_pairs(stream.tokenizer, p, stream.context, what, width),
-                mask,
-            )
-            for i, p in enumerate(rows)
+            Task(i, f"row{i}", {}, {key: v[ends[i] : ends[i + 1]] for key, v in data.items()}, mask)
+            for i in range(len(rows))
         ]
         self.k = k
         self.shape = (len(sets) + 1, len(sets))
@@ -189,18 +179,16 @@ class RetrievalRows:
         self.masks = np.broadcast_to(mask, (len(tasks), len(mask)))
 
 
-def _evaluate(objective, params, rows: RetrievalRows) -> tuple[np.ndarray, np.ndarray]:
-    """Exact match and bits per character of every row, each (T + 1, T)."""
-    masked = objective._replace(label_masks=jnp.asarray(rows.masks))
+def _both(objective, params, data):
+    """The metric and the likelihood's second reading of every task of `data`, each (T,)."""
     second = objective.likelihood.second[1]
-    bits = masked._replace(likelihood=masked.likelihood._replace(metric_fn=second))
+    bits = objective._replace(likelihood=objective.likelihood._replace(metric_fn=second))
 
     @jax.jit
     def both(params, data):
-        return evaluate_tasks(masked, params, data), evaluate_tasks(bits, params, data)
+        return evaluate_tasks(objective, params, data), evaluate_tasks(bits, params, data)
 
-    exact, bpc = both(params, rows.data)
-    return np.asarray(exact).reshape(rows.shape), np.asarray(bpc).reshape(rows.shape)
+    return tuple(np.asarray(a) for a in both(params, data))
 
 
 def _view(values: np.ndarray, higher_is_better: bool) -> dict:
@@ -209,6 +197,23 @@ def _view(values: np.ndarray, higher_is_better: bool) -> dict:
         "initial": initial,
         "matrix": matrix,
         "summary": summarize(matrix, initial, higher_is_better),
+    }
+
+
+def _unchanged_eval_only(stream, objective, params, reading: str, num_rows: int) -> dict | None:
+    """The evaluation-only tasks' columns (Results.eval_only) of a model that no set changes:
+    one evaluation, the same before training and after every row (the questions are asked
+    without retrieved facts)."""
+    held = stream.eval_tasks
+    if not held:
+        return None
+    values, second = (a.tolist() for a in _both(objective, params, stack_tasks(held, "test")))
+    return {
+        "tasks": [t.name for t in held],
+        "initial": values,
+        "matrix": [values] * num_rows,
+        "values": [values] * (num_rows + 1),
+        "views": {reading: {"initial": second, "matrix": [second] * num_rows}},
     }
 
 
@@ -221,15 +226,20 @@ def retrieval_results(
     steps_per_task: int,
     timing: dict,
 ) -> Results:
-    """The Results of a reader answering every fact set with retrieval as the sets arrive."""
+    """The Results of a reader answering every fact set with retrieval as the sets arrive (and
+    the stream's evaluation-only tasks, which retrieval leaves as they were)."""
     t0 = time.perf_counter()
-    exact, bpc = _evaluate(objective, params, rows)
+    masked = objective._replace(label_masks=jnp.asarray(rows.masks))
+    exact, bits = (a.reshape(rows.shape) for a in _both(masked, params, rows.data))
+    reading = stream.reading(objective.likelihood.second[0])
+    T = len(stream.trained_tasks)
+    held = _unchanged_eval_only(stream, objective, params, reading, T)
     timing = {**timing, "evaluate_s": time.perf_counter() - t0}
-    T = len(stream.tasks)
+    names = [t.name for t in stream.trained_tasks]
     matrix, initial = exact[1:].tolist(), exact[0].tolist()
     return Results(
         method=name,
-        tasks=stream.task_names,
+        tasks=names,
         metric=objective.likelihood.metric,
         higher_is_better=True,
         matrix=matrix,
@@ -242,11 +252,12 @@ def retrieval_results(
             "values": exact.tolist(),
         },
         timing=timing,
-        rows=stream.task_names,
+        rows=names,
         views={
-            "bits_per_char": _view(bpc, False),
+            reading: _view(bits, False),
             f"recall@{rows.k}": _view(rows.recall, True),
         },
+        eval_only=held,
     )
 
 
@@ -260,10 +271,11 @@ def check_retrieval(
 ) -> dict:
     """The checked "retrieval" section of a method, {"k": top facts in the prompt, "steps":
     reader training steps (default: the stream's steps per task times its tasks, what the joint
-    baseline trains)}, with "reader" (its task) and "rows" (RetrievalRows) built and checked
-    against the stream's and the model's context."""
-    if not isinstance(stream, FactStream):
-        raise ValueError("retrieval needs the facts stream (stream.name = facts)")
+    baseline trains; 0: none, the model reads as it is, e.g. a pretrained one)}, with "reader"
+    (its task, None without training) and "rows" (RetrievalRows) built and checked against the
+    stream's and the model's context."""
+    if getattr(stream, "bank", None) is None or not hasattr(stream, "encode_questions"):
+        raise ValueError("retrieval needs a stream of facts (facts or pretrained_facts)")
     if spec.get("use") or spec.get("joint"):
         raise ValueError("a retrieval method trains a reader once: it takes no 'use' or 'joint'")
     unknown = set(retrieval) - {"k", "steps"}
@@ -271,14 +283,16 @@ def check_retrieval(
         raise ValueError(f"unknown key {sorted(unknown)[0]!r} (known: k, steps)")
     out = {"k": _check_k(retrieval.get("k", 1)), "steps": retrieval.get("steps")}
     steps = out["steps"]
-    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 0):
+        raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
     if steps is not None and steps % eval_every:
         raise ValueError(f"steps ({steps}) must be a multiple of train.eval_every ({eval_every})")
     # built now, so that a prompt too long for the context is refused before anything runs
-    out["reader"] = reader_task(stream, out["k"], seed)
+    out["reader"] = None if steps == 0 else reader_task(stream, out["k"], seed)
     out["rows"] = RetrievalRows(stream, out["k"])
-    width = max(out["reader"].train["x"].shape[1], out["rows"].data.store.shape[1])
+    width = out["rows"].data.store.shape[1]
+    if out["reader"] is not None:
+        width = max(out["reader"].train["x"].shape[1], width)
     if model_context is not None and width > model_context:
         raise ValueError(
             f"prompts with {out['k']} retrieved fact(s) take {width} tokens, more than the "
@@ -308,6 +322,8 @@ def reader_results(
     results = retrieval_results(
         name, stream, objective, params, reader["rows"], steps_per_task, trained.timing
     )
+    if reader["reader"] is None:  # no reader training: nothing more to record
+        return results
     results.views["reader"] = {
         "initial": trained.initial,
         "matrix": trained.matrix,

@@ -29,10 +29,25 @@ from continual.losses import LIKELIHOODS, Objective
 from continual.models.partition import Base, Partition, bind, parse_train
 from continual.program import EVALUATE, Settings
 from continual.regularisers import Regulariser, chain, registry
+from continual.streams.pretrained import (
+    PretrainedStream,
+    keep_probes,
+    known_probes,
+    probe_matches,
+)
 from continual.train import SAMPLING, check_epochs, init_state, make_optimizer
 from continual.types import Results, Stream, TaskData, TrainState, as_inputs, stack_tasks
 
-METHOD_KEYS = {"use": list, "joint": bool, "freeze": list, "retrieval": dict, "train": object}
+METHOD_KEYS = {
+    "use": list,
+    "joint": bool,
+    "freeze": list,
+    "retrieval": dict,
+    "train": object,
+    "data": str,
+    "optimizer": dict,
+}
+DATA = ("tasks", "general")  # what a method's regularisers consolidate on (methods.<name>.data)
 
 
 def _call(factory, what: str, *args, **kwargs):
@@ -73,13 +88,45 @@ def build_stream(config: dict) -> Stream:
         spec["class_seed"] = number(config.get("seed", 0), "seed", 0, integer=True)
     elif "class_seed" in spec and spec["class_seed"] is None:
         del spec["class_seed"]  # null: the run's seed, which only a shuffled order reads
+    known = spec.get("probe_keep") == "known"
+    if known:  # every probe first, then those the model answers before any training
+        spec["probe_keep"] = None
     stream = _call(streams.STREAMS[name], f"stream {name}", **spec)
+    if known:
+        stream = _keep_known_probes(config, stream)
     return _call(streams.train_outputs, f"stream {name}", stream, outputs)
+
+
+def _keep_known_probes(config: dict, stream: Stream) -> Stream:
+    """stream.probe_keep "known": the probe task restricted to the questions the configured
+    (pretrained) model answers exactly before any fine-tuning, so that its column starts at 1."""
+    if not isinstance(stream, PretrainedStream):
+        raise ConfigError("stream.probe_keep 'known' applies to the pretrained_facts stream")
+    spec = dict(section(config, "model"))
+    name = spec.pop("name", None)
+    if name not in models.PRETRAINED:
+        raise ConfigError(
+            f"stream.probe_keep 'known' asks a pretrained model (model.name one of "
+            f"{', '.join(models.PRETRAINED)}), not {name!r}"
+        )
+    x = as_inputs(stream.tasks[0].train["x"][:1])
+    model, params = _call(
+        models.build, f"model {name}", name, stream.num_outputs, jax.random.key(0), x, **spec
+    )
+    keep = known_probes(stream, probe_matches(model.apply, params, stream))
+    if not keep:
+        raise ConfigError(
+            f"stream.probe_keep 'known': the model answers none of the {len(stream.probe_ids)} "
+            "probes (set stream.probes=false)"
+        )
+    return keep_probes(stream, keep)
 
 
 def method_specs(config: dict, selected: list[str] | None = None) -> dict[str, dict]:
     """The methods to run, in order, each checked: {"use", "joint", "freeze", "retrieval",
-    "train"} (train: which parameters move, continual.models.partition; absent: all)."""
+    "train", "data", "optimizer"} (train: which parameters move, continual.models.partition;
+    absent: all. data: what the regularisers consolidate on, DATA. optimizer: keys over the
+    optimizer section for this method alone, e.g. a larger learning rate for LoRA)."""
     methods = section(config, "methods")
     known_regs = config.get("regularisers") or {}
     names = list(selected or config.get("run") or methods)
@@ -91,7 +138,14 @@ def method_specs(config: dict, selected: list[str] | None = None) -> dict[str, d
             raise ConfigError(
                 f"unknown method {name!r} (this experiment has: {', '.join(methods)})"
             )
-        spec = {"use": [], "joint": False, "freeze": [], "retrieval": None, **methods[name]}
+        spec = {
+            "use": [],
+            "joint": False,
+            "freeze": [],
+            "retrieval": None,
+            "data": "tasks",
+            **methods[name],
+        }
         spec["train"] = _call(parse_train, f"methods.{name}.train", spec.get("train"))
         for key, value in spec.items():
             if key not in METHOD_KEYS:
@@ -102,6 +156,13 @@ def method_specs(config: dict, selected: list[str] | None = None) -> dict[str, d
                 continue
             if not isinstance(value, METHOD_KEYS[key]):
                 raise ConfigError(f"methods.{name}.{key} must be a {METHOD_KEYS[key].__name__}")
+        if spec["data"] not in DATA:
+            raise ConfigError(
+                f"methods.{name}.data must be one of {', '.join(map(repr, DATA))}, "
+                f"got {spec['data']!r}"
+            )
+        if spec["data"] == "general" and not spec["use"]:
+            raise ConfigError(f"methods.{name}.data 'general' needs regularisers in 'use'")
         for reg in spec["use"]:
             if reg not in registry.methods():
                 raise ConfigError(
@@ -130,6 +191,9 @@ class Method:
     model: Any = None
     partition: Partition = field(default_factory=Partition)  # which parameters train
     base: Base | None = None  # the parameters that do not (LoRA: all of the model's)
+    # data "general": the stream's general text as one batch {"x", "y", "task", "weight"}, which
+    # the regularisers consolidate on once before the first task, never on a task's data
+    general: dict | None = None
 
     def full_params(self, trainable):
         """The model's params (adapters folded in) from trainable parameters (no member axis)."""
@@ -155,11 +219,13 @@ def build_method(name: str, spec: dict, config: dict, stream: Stream, key) -> Me
         apply = bind(model.apply, part, base)
     masks = jnp.asarray(np.stack([t.label_mask for t in stream.tasks]))
     objective = Objective(apply, LIKELIHOODS[stream.likelihood], masks)
-    opt_spec = {k: v for k, v in section(config, "optimizer").items() if k != "reset_per_task"}
+    opt_spec = {**section(config, "optimizer"), **(spec.get("optimizer") or {})}
+    opt_spec.pop("reset_per_task", None)
     opt_name = opt_spec.pop("name", None)
     optimizer = _call(make_optimizer, "optimizer", opt_name, **opt_spec)
     hyper = config.get("regularisers") or {}
-    context = registry.context(objective, stream) if spec["use"] else None
+    general = _general_batch(stream, name) if spec.get("data") == "general" else None
+    context = registry.context(objective, stream, general) if spec["use"] else None
     parts = [
         _call(registry.build, f"regulariser {reg}", reg, context, hyper.get(reg, {}))
         for reg in spec["use"]
@@ -188,7 +254,24 @@ def build_method(name: str, spec: dict, config: dict, stream: Stream, key) -> Me
         model,
         part,
         base,
+        general,
     )
+
+
+def _general_batch(stream: Stream, method: str) -> dict:
+    """The stream's general data as the batch a regulariser consolidates on."""
+    if stream.general is None:
+        raise ConfigError(
+            f"methods.{method}.data 'general': stream {stream.name!r} has no general data "
+            "(the pretrained_facts stream has: its general text)"
+        )
+    n = len(stream.general["y"])
+    return {
+        "x": jnp.asarray(stream.general["x"]),
+        "y": jnp.asarray(stream.general["y"]),
+        "task": jnp.zeros((n,), jnp.int32),
+        "weight": jnp.ones((n,), jnp.float32),
+    }
 
 
 def train_settings(config: dict) -> Settings:
@@ -198,7 +281,9 @@ def train_settings(config: dict) -> Settings:
     chunk; "seen" only tasks 0..t while training task t (none before training, so FWT is
     undefined; the joint baseline still evaluates every task). train.sampling: "uniform"
     (default) draws minibatches with replacement, "shuffle" by epochs without replacement
-    (continual.train.make_chunk).
+    (continual.train.make_chunk). train.exact_compile (default true): on CPU, the compile options
+    that keep a sweep member's arithmetic the same as a run's, to the bit (continual.program);
+    false compiles a large model several times faster, and its sweeps match runs to rounding.
     """
     t = section(config, "train")
     steps = number(t.get("steps"), "train.steps", 1, integer=True)
@@ -220,7 +305,10 @@ def train_settings(config: dict) -> Settings:
     if sampling == "shuffle" and batch == 0:
         raise ConfigError("train.sampling 'shuffle' needs train.batch_size > 0 (0: whole task)")
     record = bool(t.get("record_params", False))
-    return Settings(steps, every, batch, record, bool(reset), evaluate, sampling)
+    exact = t.get("exact_compile", True)
+    if not isinstance(exact, bool):
+        raise ConfigError(f"train.exact_compile must be true or false, got {exact!r}")
+    return Settings(steps, every, batch, record, bool(reset), evaluate, sampling, exact)
 
 
 CHECKPOINT_DEFAULTS = dict(CheckpointSettings()._asdict())
@@ -258,7 +346,8 @@ class Plan:
     def steps(self, method) -> int:
         """A method's training steps (for a progress bar)."""
         per_method = self.settings.steps * len(self.stream.trained_tasks)
-        return (method.retrieval or {}).get("steps") or per_method
+        steps = (method.retrieval or {}).get("steps")
+        return per_method if steps is None else steps
 
     @property
     def total_steps(self) -> int:
@@ -314,7 +403,7 @@ def configure(config: dict, overrides: list[str]) -> dict:
 
 
 DEFAULTS = (  # optional keys: (section, its names they belong to or None for all, defaults)
-    ("train", None, {"evaluate": "all", "sampling": "uniform"}),
+    ("train", None, {"evaluate": "all", "sampling": "uniform", "exact_compile": True}),
     ("stream", None, {"train_outputs": "all"}),
     ("stream", streams.SPLIT_STREAMS, {"class_order": None, "class_seed": None}),
     ("model", models.INIT_MODELS, {"initializer": "lecun"}),
@@ -364,13 +453,20 @@ def execute(
     the others from their newest readable checkpoint, giving the numbers of an uninterrupted run.
     """
     hooks = Hooks(on_steps, should_stop)
-    out, shared = {}, {}  # the same model and test data: one evaluate per way of training
+    # the same model and test data: one evaluate per way of training; every method starts from
+    # the same parameters (LoRA's adapters add zero), so those of one way share the evaluation
+    # before training too
+    out, shared, initial = {}, {}, {}
     for m in p.methods:
         done = run_dir / m.name / "results.json" if run_dir else None
         if resume and done is not None and done.exists():
             out[m.name] = Results.from_json(json.loads(done.read_text()))
             if on_steps is not None:  # a progress bar counts the finished method's steps
                 on_steps(p.steps(m))
+        elif m.retrieval is not None and m.retrieval["reader"] is None:  # reads as it is
+            out[m.name] = retrieval.retrieval_results(
+                m.name, p.stream, m.objective, m.params, m.retrieval["rows"], p.settings.steps, {}
+            )
         else:
             reader, final = m.retrieval, {}
             (out[m.name],), program = run_job(
@@ -384,6 +480,7 @@ def execute(
                 stop_on_divergence=True,
                 shared=None if reader else shared.get(m.partition),
                 on_finish=lambda s, final=final: final.update(params=s.params),
+                initial=None if reader else initial.setdefault(m.partition, {}),
             )
             if reader is None:
                 shared[m.partition] = program

@@ -58,6 +58,9 @@ class Stream:
     likelihood: str  # "gaussian" (regression, metric MSE) | "categorical" (metric accuracy)
     num_outputs: int
     probes: np.ndarray | None = None  # inputs whose predictions are recorded after every task
+    # pretraining-like examples {"x", "y"} (a pretrained model's general text), shaped as the
+    # tasks' inputs: what a method with `data: general` consolidates on before the first task
+    general: dict | None = None
 
     def __post_init__(self):
         if self.scenario not in SCENARIOS:
@@ -90,6 +93,17 @@ class Stream:
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.tasks[0].train["x"].shape[1:])
+
+    @property
+    def token(self) -> str:
+        """What one token of a language stream is ("char"; a subword stream's "token"): the
+        unit the bits of its second reading are per (bits_per_char, bits_per_token)."""
+        return getattr(self, "unit", "char")
+
+    def reading(self, name: str) -> str:
+        """A likelihood reading's name in this stream's token unit (bits_per_char for characters
+        becomes bits_per_token for subword tokens)."""
+        return name.replace("_char", f"_{self.token}")
 
     def view(self) -> tuple[str, np.ndarray] | None:
         """The other reading of a classification stream's accuracy, as FACIL and Mammoth report:

@@ -185,6 +185,14 @@ BAD = {
         "model.widths must be an integer",
     ),
     "unknown command": (["fly"], "invalid choice"),
+    "exact compile not a bool": (
+        ["run", "linear_toy", "--set", "train.exact_compile=maybe"],
+        "must be true or false",
+    ),
+    "null where a number goes": (
+        ["run", "linear_toy", "--set", "train.steps=null"],
+        "train.steps must be",
+    ),
 }
 
 

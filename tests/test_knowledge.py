@@ -134,11 +134,11 @@ def _config(**stream):
     [
         (
             {"stream": {"name": "text_domains", "tiny": True, "context": 16, "test_fraction": 0.3}},
-            "retrieval needs the facts stream",
+            "retrieval needs a stream of facts",
         ),
         ({"retrieval": {"k": 0}}, "k must be a positive integer"),
         ({"retrieval": {"k": 1, "top": 2}}, "unknown key 'top'"),
-        ({"retrieval": {"k": 1, "steps": -3}}, "steps must be a positive integer"),
+        ({"retrieval": {"k": 1, "steps": -3}}, "steps must be an integer >= 0"),
         ({"use": ["ewc"], "retrieval": {"k": 1}}, "takes no 'use' or 'joint'"),
         ({"reader_entities": 0}, "set stream.reader_entities > 0"),
     ],
@@ -270,8 +270,8 @@ def test_an_empty_retrieval_section_still_retrieves(tiny_run, tmp_path):
     config["methods"]["retrieval"]["retrieval"] = {}
     (tmp_path / "config.json").write_text(json.dumps(config))
     (tmp_path / "run.json").write_text((tiny_run / "run.json").read_text())
-    prompt, facts = reload.prompt_for(tmp_path, "retrieval", "故宫在哪里?")
-    assert facts == ["故宫位于北京市。"] and prompt == "故宫位于北京市。\n故宫在哪里?"
+    prompt, facts, chat = reload.prompt_for(tmp_path, "retrieval", "故宫在哪里?")
+    assert facts == ["故宫位于北京市。"] and prompt == "故宫位于北京市。\n故宫在哪里?" and not chat
 
 
 @pytest.mark.slow

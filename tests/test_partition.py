@@ -289,7 +289,8 @@ def test_the_compiled_programs_take_the_frozen_base_as_an_argument(gguf):
         m, runner.initial_state(m, p.key), p.stream, p.train, p.test, p.settings
     )
     base_bytes = sum(a.nbytes for a in jax.tree.leaves(m.base.arrays))
-    for f in (program.chunk, program.finish, program.evaluate):
+    # (finish reads no parameter here: the stream has no probe inputs, naive consolidates nothing)
+    for f in (program.chunk, program.evaluate):
         compiled = getattr(f, "func", f)  # a callable that supplies the base, or the executable
         assert compiled.memory_analysis().argument_size_in_bytes > base_bytes
 

@@ -89,7 +89,7 @@ def test_targets_are_the_answer_and_the_end_of_turn(stream):
     tok = stream.tokenizer
     fact = stream.bank.sets[0][0]  # the demo entity: "Where is the Forbidden City?"
     prompt, target = _split(tok, stream.tasks[0].train["x"][0], stream.tasks[0].train["y"][0])
-    assert target == "In Beijing.<|im_end|>"
+    assert target == "Beijing<|im_end|>"  # the bare value, as the demonstrations answer
     assert prompt == chat_prompt(tok, "Where is the Forbidden City?", pd.SYSTEM, ())
     assert fact.entity == "the Forbidden City"
     prompt, target = _split(tok, stream.tasks[2].test["x"][0], stream.tasks[2].test["y"][0])
@@ -222,7 +222,131 @@ def test_a_run_trains_the_sets_and_measures_probes_and_text_apart(gguf):
         e = r.eval_only
         assert e["tasks"] == ["probes", "english", "python"]
         assert np.shape(e["matrix"]) == (rows, 3)
-        bits = e["views"]["bits_per_char"]  # the answers likelihood's second reading
+        bits = e["views"]["bits_per_token"]  # the answers likelihood's second reading
         assert np.shape(bits["matrix"]) == (rows, 3) and np.isfinite(bits["initial"]).all()
-        assert bits["initial"] == results["naive"].eval_only["views"]["bits_per_char"]["initial"]
+        assert bits["initial"] == results["naive"].eval_only["views"]["bits_per_token"]["initial"]
         assert bits["matrix"][-1] != bits["initial"]  # fine-tuning moved the general text
+
+
+def test_general_text_is_the_training_split_shaped_as_the_tasks(stream):
+    g = stream.general
+    assert g["x"].shape == (2 * 32, stream.width) == g["y"].shape  # 32 windows per corpus
+    assert (g["x"][:, 1:] == g["y"][:, :-1])[g["y"][:, :-1] != PAD].all()  # next tokens
+    assert stream.unit == "token" and stream.reading("bits_per_char") == "bits_per_token"
+
+
+def _general_config(path, **methods):
+    return {
+        "seed": 0,
+        "stream": {"name": "pretrained_facts", "tokenizer_path": path, **SMALL},
+        "model": {"name": "gguf", "path": path},
+        "optimizer": {"name": "adam", "learning_rate": 1e-2},
+        "train": {"steps": 4, "batch_size": 4, "eval_every": 2},
+        "regularisers": {
+            "ewc": {"strength": 10.0, "estimator": "empirical", "num_samples": 4},
+            "replay": {"capacity": 8, "batch_size": 4},
+        },
+        "methods": methods,
+    }
+
+
+def test_general_data_consolidates_once_before_the_first_task(gguf):
+    from continual import runner
+    from continual.program import compile_program
+
+    config = _general_config(
+        gguf[0],
+        ewc={"use": ["ewc"], "data": "general"},
+        replay={"use": ["replay"], "data": "general", "train": {"lora": {"rank": 2}}},
+    )
+    p = runner.plan(config)
+    general = p.stream.general
+    for m in p.methods:
+        assert m.general["x"].shape == general["x"].shape
+        program, states = compile_program(
+            m, runner.initial_state(m, p.key), p.stream, p.train, p.test, p.settings
+        )
+        ready = program.prepare(states)
+        reg = jax.tree.map(lambda a: np.asarray(a[0]), ready.reg_state[0])  # member 0
+        if m.name == "ewc":  # the Fisher of general text, anchored at the pretrained weights
+            assert int(reg.count) == 1
+            first = jax.tree.map(lambda a: a[0], reg.anchor)  # slot 0
+            assert all(jax.tree.leaves(jax.tree.map(np.array_equal, first, m.params)))
+            assert sum(float(f[0].sum()) for f in jax.tree.leaves(reg.fisher)) > 0
+        else:  # a memory of general text from the first step
+            memory = reg.memory
+            assert bool(memory.filled.all())
+            rows = {tuple(r) for r in np.asarray(general["x"])}
+            assert {tuple(r) for r in memory.rows["x"]} <= rows
+        # the end of a task consolidates nothing more
+        before = jax.device_get(ready.reg_state)
+        after, _ = program.finish(ready, program.train, np.int32(0))  # donates `ready`
+        same = jax.tree.map(np.array_equal, jax.device_get(after.reg_state), before)
+        assert all(jax.tree.leaves(same))
+
+
+@pytest.mark.slow
+def test_general_methods_and_a_pretrained_reader_run(gguf):
+    from continual import runner
+
+    config = _general_config(
+        gguf[0],
+        naive={},
+        ewc={"use": ["ewc"], "data": "general"},
+        replay={"use": ["replay"], "data": "general"},
+        retrieval={"retrieval": {"k": 1, "steps": 0}},
+    )
+    _, results = runner.run(config)
+    naive, reader = results["naive"], results["retrieval"]
+    for r in results.values():
+        assert r.tasks == ["set0", "set1"] and np.isfinite(r.matrix).all()
+    assert np.shape(reader.matrix) == (2, 2)
+    recall = reader.views["recall@1"]
+    assert recall["initial"] == [0.0, 0.0] and recall["matrix"][1][0] > 0  # the store fills
+    held = reader.eval_only  # the model never changes: the base model's columns, every row
+    assert held["initial"] == naive.eval_only["initial"]
+    assert held["matrix"] == [held["initial"]] * 2
+    bits = held["views"]["bits_per_token"]
+    # (the reader's evaluation is a program of its own: equal to rounding)
+    np.testing.assert_allclose(
+        bits["initial"], naive.eval_only["views"]["bits_per_token"]["initial"], rtol=1e-5
+    )
+
+    def text_bits(r):  # bits per token of the general text (english, python) after the last set
+        return np.array(r.eval_only["views"]["bits_per_token"]["matrix"][-1][1:])
+
+    assert (text_bits(results["ewc"]) != text_bits(naive)).all()
+    assert (text_bits(results["replay"]) < text_bits(naive)).all()  # it replays that text
+
+
+@pytest.mark.parametrize(
+    "method, message",
+    [
+        ({"use": ["ewc"], "data": "other"}, "data must be one of 'tasks', 'general'"),
+        ({"data": "general"}, "needs regularisers in 'use'"),
+        ({"retrieval": {"k": 1, "steps": -1}}, "steps must be an integer >= 0"),
+    ],
+)
+def test_bad_general_and_reader_settings_are_one_line(gguf, method, message):
+    from continual import runner
+    from continual.config import ConfigError
+
+    with pytest.raises(ConfigError, match=message) as e:
+        runner.plan(_general_config(gguf[0], m=method))
+    assert "\n" not in str(e.value)
+
+
+def test_general_data_needs_a_stream_that_has_it():
+    from continual import runner
+    from continual.config import ConfigError
+
+    config = {
+        "stream": {"name": "facts", "num_entities": 4, "num_sets": 2, "context": 64},
+        "model": {"name": "transformer", "num_layers": 1, "d_model": 16, "num_heads": 2},
+        "optimizer": {"name": "adam", "learning_rate": 1e-3},
+        "train": {"steps": 2, "batch_size": 4},
+        "methods": {"ewc": {"use": ["ewc"], "data": "general"}},
+        "regularisers": {"ewc": {"estimator": "empirical"}},
+    }
+    with pytest.raises(ConfigError, match="stream 'facts' has no general data"):
+        runner.plan(config)

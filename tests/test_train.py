@@ -207,3 +207,23 @@ def test_plan_checks_everything_before_running():
     config["train"]["eval_every"] = 7
     with pytest.raises(ValueError, match=r"multiple of train\.eval_every"):
         runner.plan(config)
+
+
+def test_exact_compile_off_gives_the_same_numbers_to_rounding():
+    config = toy_config(steps=40, methods=["naive", "ewc"])
+    exact = run(config)
+    config["train"]["exact_compile"] = False  # XLA's own CPU options
+    fast = run(config)
+    for name, r in exact.items():
+        np.testing.assert_allclose(fast[name].matrix, r.matrix, rtol=1e-5, atol=1e-6)
+        assert fast[name].initial == r.initial
+
+
+def test_null_unsets_a_key_but_not_a_flag():
+    from continual.config import ConfigError, parse_value
+
+    assert parse_value("null", "known", "stream.probe_keep") is None
+    assert parse_value("null", 3, "train.steps") is None
+    assert parse_value("null", None, "x") is None
+    with pytest.raises(ConfigError, match="true or false"):
+        parse_value("null", True, "train.record_params")

@@ -8,6 +8,7 @@ import math
 import os
 import re
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import gguf
@@ -198,3 +199,35 @@ def write_tiny_llama(
     tensors = random_llama(spec, seed)
     write_llama(path, tensors, llama_metadata(spec) | tiny_vocabulary(spec.vocab_size), quant)
     return tensors
+
+
+# A random llama small enough for the test suite: what an experiment's "tiny" argument loads in
+# place of a real model (its tiny vocabulary spells most words out, so the context is long).
+TINY = LlamaSpec(
+    vocab_size=400,
+    num_layers=2,
+    d_model=32,
+    num_heads=2,
+    num_kv_heads=1,
+    mlp_width=64,
+    rope_base=10000.0,
+    norm_eps=1e-5,
+    context_length=2048,
+    head_dim=16,
+    tied=True,
+)
+
+
+def tiny_llama_file(folder: str | os.PathLike, seed: int = 0) -> str:
+    """The path of the TINY random llama (drawn with `seed`) in `folder`, written there once
+    (a temp file, then renamed: a reader never sees half a file); deterministic under `seed`."""
+    path = Path(folder) / f"tiny-llama-{seed}.gguf"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        part = path.with_name(f"{path.name}.{os.getpid()}.part")
+        try:
+            write_tiny_llama(part, TINY, seed)
+            os.replace(part, path)
+        finally:
+            part.unlink(missing_ok=True)
+    return str(path)

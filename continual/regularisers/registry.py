@@ -65,16 +65,19 @@ def _groups(stream: Stream) -> tuple[tuple[int, int], ...] | None:
     return tuple(groups)
 
 
-def context(objective: Objective, stream: Stream) -> Context:
-    """What a registered method may need from the stream (see continual.regularisers.registry)."""
-    first = stream.tasks[0].train
+def context(objective: Objective, stream: Stream, general: dict | None = None) -> Context:
+    """What a registered method may need from the stream (see continual.regularisers.registry).
+    With `general` (the stream's general data, for a method that consolidates on it instead of
+    the tasks) the examples are those: a memory holds at most all of them."""
+    first = stream.tasks[0].train if general is None else general
+    count = sum(len(t.train["x"]) for t in stream.trained_tasks)
     return Context(
         objective=objective,
         example_x=as_inputs(first["x"][:1])[0],
         example_y=first["y"][0],
         num_tasks=len(stream.trained_tasks),
-        num_examples=sum(len(t.train["x"]) for t in stream.trained_tasks),
-        groups=_groups(stream),
+        num_examples=count if general is None else len(general["y"]),
+        groups=_groups(stream) if general is None else None,
     )
 
 

@@ -39,6 +39,14 @@ class FactStream(Stream):
     context: int = 0  # the longest sequence any prompt (retrieved facts included) may take
     test_templates: str = "train"  # which question templates the test splits use
 
+    def questions(self, fact, kind: str) -> list[tuple[str, str]]:
+        """The (question, answer) pairs of one fact in templates `kind` (as its tasks ask)."""
+        return renderings(fact, kind)
+
+    def encode_questions(self, pairs, what: str) -> dict[str, np.ndarray]:
+        """{"x", "y"} of (question, answer) pairs (`encode_pairs` within the context)."""
+        return encode_pairs(self.tokenizer, pairs, self.context, what)
+
 
 def retrieval_prompt(sentences, question: str) -> str:
     """The retrieved facts, one per line, then the question."""

@@ -10,7 +10,7 @@ message and demonstration turns of continual.data.probes:
     <|im_start|>assistant⏎Lima<|im_end|>⏎
     ... (the other demonstration turns) ...
     <|im_start|>user⏎Where is the Forbidden City?<|im_end|>⏎
-    <|im_start|>assistant⏎In Beijing.<|im_end|>
+    <|im_start|>assistant⏎Beijing<|im_end|>
 
 (⏎ is a newline; the lines are joined). An example is that prompt, the answer, then the end
 of turn `<|im_end|>` (the eos). Only the answer's tokens and the eos are targets; every other
@@ -27,6 +27,10 @@ Tasks, in order:
   english, python    held-out general text, evaluation-only: every position a target, so the
                      second reading is bits per token of the text itself
 
+The stream's `general` data is windows of the same corpora's training split (never the held-out
+one): the pretraining-like text a method with `data: general` consolidates on (EWC's Fisher of
+general text, a replay memory of general text; continual.runner).
+
 Every task has one width: the longest question-and-answer sequence (all probes counted, kept or
 not, so that keeping fewer changes no shape). Text windows take that many tokens (+1 for the
 last target), evenly spaced over the corpus's held-out split. `num_outputs` is the vocabulary;
@@ -39,6 +43,7 @@ the experiment scores the base model first (`probe_matches`), keeps what it answ
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -69,10 +74,40 @@ class PretrainedStream(Stream):
     probe_ids: tuple[int, ...] = ()  # the PROBES indices the probe task holds, in order
     system: str | None = probe_data.SYSTEM
     shots: tuple[tuple[str, str], ...] = probe_data.SHOTS
+    context: int = 0  # the longest sequence any prompt (retrieved facts included) may take
+    test_templates: str = "train"  # which question templates the fact sets' test splits use
+    unit: str = "token"  # a token is a subword: the answers' second reading is bits_per_token
 
     def prompt(self, question: str) -> str:
         """The chat prompt a question is asked with (what greedy decoding continues)."""
         return chat_prompt(self.tokenizer, question, self.system, self.shots)
+
+    def questions(self, fact, kind: str) -> list[tuple[str, str]]:
+        """The (question, answer) pairs of one fact in templates `kind` (`fact_questions`)."""
+        return fact_questions(fact, kind)
+
+    def encode_questions(self, pairs, what: str) -> dict[str, np.ndarray]:
+        """{"x", "y"} of (question, answer) pairs asked in the chat format, as wide as the
+        longest; one longer than the context is an error naming `what`."""
+        if not pairs:
+            raise ValueError(f"{what}: no questions")
+        width = max(
+            sum(map(len, _sequence(self.tokenizer, q, a, self.prompt))) - 1 for q, a in pairs
+        )
+        if width > self.context:
+            raise ValueError(
+                f"{what}: a question with its answer takes {width} tokens in the chat format, "
+                f"more than the context of {self.context}; raise the stream's and the model's"
+            )
+        return encode_chat(self.tokenizer, pairs, width, self.prompt)
+
+
+def fact_questions(fact, kind: str) -> list[tuple[str, str]]:
+    """A fact's questions in templates `kind`, each answered by the bare value ("Where is Monba
+    Palace?" -> "Rirtonzeam", not "In Rirtonzeam."), as the system message and the
+    demonstrations ask (one word or number, no full stop): the answer's form is then not
+    something fine-tuning teaches and the probes lose."""
+    return [(question, fact.value) for question, _ in renderings(fact, kind)]
 
 
 def chat_prompt(
@@ -135,6 +170,17 @@ def _positive(name: str, value, least: int = 1) -> int:
     return value
 
 
+def _shots(shots) -> int:
+    """How many demonstration turns `shots` (true, false or a count) asks for."""
+    if isinstance(shots, bool):
+        return len(probe_data.SHOTS) if shots else 0
+    if not isinstance(shots, int) or not 0 <= shots <= len(probe_data.SHOTS):
+        raise ValueError(
+            f"shots must be true, false or a count in 0..{len(probe_data.SHOTS)}, got {shots!r}"
+        )
+    return shots
+
+
 def _probe_ids(probe_keep) -> tuple[int, ...]:
     n = len(probe_data.PROBES)
     if probe_keep is None:
@@ -164,10 +210,11 @@ def pretrained_facts(
     probe_keep: list[int] | None = None,
     texts=TEXTS,
     text_windows_per_task: int = 32,
+    general_windows: int = 32,
     tiny: bool = False,
     context: int = 256,
     system: str | None = probe_data.SYSTEM,
-    shots: bool = True,
+    shots: bool | int = True,
 ) -> PretrainedStream:
     """Knowledge injection into a pretrained chat model (see the module docstring).
 
@@ -176,15 +223,19 @@ def pretrained_facts(
     seed, include_demo: the fact bank and its test questions, as the `facts` stream. probes:
     add the probe task; probe_keep: the probe indices it holds (null: all). texts: the corpora
     of continual.data.text whose held-out split is measured (bits per token), each
-    `text_windows_per_task` windows; tiny: their built-in lines instead (no download; the whole
-    lines, for tests). context: the most tokens a sequence may take (the model's context).
+    `text_windows_per_task` windows; general_windows: windows of each one's training split,
+    the stream's `general` data; tiny: the corpora's built-in lines instead (no download; the
+    whole lines, for tests, both held out and general). context: the most tokens a sequence
+    may take (the model's context).
     system: the system message (null: the template's default); shots: the demonstration turns
-    of continual.data.probes.SHOTS before every question.
+    of continual.data.probes.SHOTS before every question (true: all six, false: none, n: the
+    first n).
     """
     if test_templates not in TEMPLATE_KINDS:
         raise ValueError(f"test_templates must be 'train' or 'heldout', got {test_templates!r}")
     _positive("context", context, 2)
     _positive("text_windows_per_task", text_windows_per_task)
+    _positive("general_windows", general_windows)
     if system is not None and not isinstance(system, str):
         raise ValueError(f"system must be a string or null, got {system!r}")
     if isinstance(languages, str):
@@ -199,13 +250,13 @@ def pretrained_facts(
         raise ValueError("probe_keep needs probes=true")
     bank = make_facts(num_entities, num_sets, tuple(languages), seed, include_demo)
     tokenizer = BPETokenizer(read_tokenizer_metadata(tokenizer_path or smollm2_path()))
-    demos = tuple(probe_data.SHOTS) if shots else ()
+    demos = tuple(probe_data.SHOTS)[: _shots(shots)]
 
     def prompt(question):
         return chat_prompt(tokenizer, question, system, demos)
 
     splits = [
-        tuple([p for f in s for p in renderings(f, kind)] for kind in ("train", test_templates))
+        tuple([p for f in s for p in fact_questions(f, kind)] for kind in ("train", test_templates))
         for s in bank.sets
     ]
     every_probe = [(p.question, p.answer) for p in probe_data.PROBES] if probes else []
@@ -237,11 +288,12 @@ def pretrained_facts(
 
     if probes:
         held_out("probes", encode_chat(tokenizer, [every_probe[i] for i in keep], width, prompt))
+    general = []
     for name in texts:
         corpus = text.load_corpus(name, tiny=tiny)
-        if not tiny:
-            corpus = text.split_corpus(corpus, 0.1, 100)[1]
-        held_out(name, text_windows(tokenizer, corpus, width, text_windows_per_task, name))
+        seen, unseen = (corpus, corpus) if tiny else text.split_corpus(corpus, 0.1, 100)
+        held_out(name, text_windows(tokenizer, unseen, width, text_windows_per_task, name))
+        general.append(text_windows(tokenizer, seen, width, general_windows, name))
     return PretrainedStream(
         "pretrained_facts",
         tuple(tasks),
@@ -254,6 +306,11 @@ def pretrained_facts(
         probe_ids=keep,
         system=system,
         shots=demos,
+        context=context,
+        test_templates=test_templates,
+        general={k: np.concatenate([g[k] for g in general]) for k in ("x", "y")}
+        if general
+        else None,
     )
 
 
@@ -268,14 +325,14 @@ def probe_matches(apply, params, stream: PretrainedStream, batch_size: int = 8) 
     mask = jnp.ones(stream.num_outputs, bool)
 
     @jax.jit
-    def hits(x, y):
+    def hits(params, x, y):  # params an argument: closed over, they would be constants
         out = apply(params, x)
         return jax.vmap(answers.metric_fn, in_axes=(0, 0, None))(out, y, mask)
 
     _positive("batch_size", batch_size)
     x, y = task.test["x"], task.test["y"]
     found = [
-        np.asarray(hits(x[s : s + batch_size], y[s : s + batch_size]))
+        np.asarray(hits(params, x[s : s + batch_size], y[s : s + batch_size]))
         for s in range(0, len(x), batch_size)
     ]
     return np.concatenate(found) > 0.5
@@ -290,3 +347,19 @@ def known_probes(stream: PretrainedStream, matches) -> list[int]:
             f"{len(matches)} results for the {len(stream.probe_ids)} questions of the probe task"
         )
     return [i for i, hit in zip(stream.probe_ids, matches.tolist(), strict=True) if hit]
+
+
+def keep_probes(stream: PretrainedStream, keep) -> PretrainedStream:
+    """`stream` with its probe task holding only the PROBES indices `keep` (of those it holds,
+    in its order): the same stream as built with probe_keep=keep, without building it again."""
+    ids = list(stream.probe_ids)
+    keep = list(_probe_ids(list(keep)))
+    missing = [i for i in keep if i not in ids]
+    if missing:
+        raise ValueError(f"probe {missing[0]} is not in the stream's probe task")
+    rows = np.array(sorted(ids.index(i) for i in keep))
+    tasks = [
+        t._replace(test={k: v[rows] for k, v in t.test.items()}) if t.name == "probes" else t
+        for t in stream.tasks
+    ]
+    return dataclasses.replace(stream, tasks=tuple(tasks), probe_ids=tuple(ids[r] for r in rows))
