@@ -132,7 +132,8 @@ def main() -> None:
     memory = peak_memory()  # full fine-tuning's: read before LoRA's run
     lora = {}
     if args.lora:
-        lora = lora_speed(model, params, args.batch, args.context, args.steps, args.lora)
+        fresh = build(args.weights, args.context, dtype)[1]  # training donated `params`
+        lora = lora_speed(model, fresh, args.batch, args.context, args.steps, args.lora)
         print(f"lora: {json.dumps(lora)}", flush=True)
     gen = {}
     if not args.no_generate:
