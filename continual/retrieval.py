@@ -29,7 +29,7 @@ import numpy as np
 
 from continual.data.facts import fact_text
 from continual.evaluate import evaluate_tasks, summarize
-from continual.streams.knowledge import FactStream, retrieval_prompt
+from continual.streams.knowledge import retrieval_prompt
 from continual.types import Results, Stream, Task, stack_tasks
 
 
@@ -93,7 +93,7 @@ def _check_k(k) -> int:
     return k
 
 
-def reader_task(stream: FactStream, k: int, seed: int = 0, test_size: int = 512) -> Task:
+def reader_task(stream: Stream, k: int, seed: int = 0, test_size: int = 512) -> Task:
     """The task that teaches reading: the bank's reader facts, each training question with the
     top-`k` retrieved facts of the reader store in its prompt (the gold fact put in, in place
     of the last, when retrieval missed it), in shuffled order so that the answer is found by
@@ -133,7 +133,7 @@ class RetrievalRows:
     sets 0..r-1 (r = 0: an empty store, no facts in the prompt); `recall` (T + 1, T) is the
     fraction whose gold fact was retrieved."""
 
-    def __init__(self, stream: FactStream, k: int):
+    def __init__(self, stream: Stream, k: int):
         k = _check_k(k)
         sets = stream.bank.sets
         questions, golds = [], []  # per set: its (question, answer) pairs, each fact's index
@@ -219,7 +219,7 @@ def _unchanged_eval_only(stream, objective, params, reading: str, num_rows: int)
 
 def retrieval_results(
     name: str,
-    stream: FactStream,
+    stream: Stream,
     objective,
     params,
     rows: RetrievalRows,
@@ -301,20 +301,20 @@ def check_retrieval(
     return out
 
 
-def retrieve(stream: FactStream, question: str, k: int) -> tuple[str, list[str]]:
+def retrieve(stream: Stream, question: str, k: int) -> tuple[str, list[str]]:
     """(prompt, facts): the top-`k` facts of the whole store (every set) put before `question`."""
     store = stream.bank.sentences()
     picked = [store[i] for i in Retriever(store).top_k(question, _check_k(k))]
     return retrieval_prompt(picked, question), picked
 
 
-def reader_stream(stream: FactStream, task: Task) -> Stream:
+def reader_stream(stream: Stream, task: Task) -> Stream:
     """The one-task stream a retrieval method's reader trains on (`reader_task`)."""
     return Stream("reader", (task,), "domain", stream.likelihood, stream.num_outputs)
 
 
 def reader_results(
-    name: str, stream: FactStream, objective, params, reader: dict, steps_per_task: int, trained
+    name: str, stream: Stream, objective, params, reader: dict, steps_per_task: int, trained
 ) -> Results:
     """A trained reader's Results: every fact set answered from the store as the sets arrive
     (`retrieval_results`), with `trained` (the reader's own Results, plain retrieval from the

@@ -1,6 +1,7 @@
 """The byte-level BPE tokenizer: round trips on a tiny written vocabulary, and llama.cpp's own ids
 for SmolLM2 (tests/fixtures/smollm2_llamacpp.json) when the real GGUF is at hand (never fetched)."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -9,30 +10,17 @@ import pytest
 from continual.data.bpe import BPETokenizer
 from continual.data.gguf import (
     SPECIAL_TOKENS,
-    LlamaSpec,
     byte_to_unicode,
     read_llama,
     read_tokenizer_metadata,
 )
-from continual.data.gguf_write import tiny_vocabulary, write_tiny_llama
+from continual.data.gguf_write import TINY, tiny_vocabulary, write_tiny_llama
 from continual.data.smollm2 import smollm2_path
 
 FIXTURE = json.loads(
     (Path(__file__).parent / "fixtures" / "smollm2_llamacpp.json").read_text(encoding="utf-8")
 )
-SPEC = LlamaSpec(
-    vocab_size=400,
-    num_layers=1,
-    d_model=32,
-    num_heads=2,
-    num_kv_heads=1,
-    mlp_width=64,
-    rope_base=10000.0,
-    norm_eps=1e-5,
-    context_length=64,
-    head_dim=16,
-    tied=True,
-)
+SPEC = dataclasses.replace(TINY, num_layers=1, context_length=64)  # one block suffices here
 TEXTS = {
     "english": "The quick brown fox jumps over the lazy dog. It's 5 o'clock; we'll see.",
     "code": "def f(x):\n    return {'a': [x, 2]}  # comment\n\tprint(f(3))\n",
