@@ -21,20 +21,30 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from continual.losses import Objective
 from continual.types import TaskData
 
 
 def evaluate_tasks(objective, params, data: TaskData, upto=None) -> jax.Array:
-    """The metric on every task's split: shape (T,).
+    """The metric on every task's split: shape (T,), or (T, R) for a tuple of R objectives.
+
+    A tuple of objectives that share one model (`apply`) and differ in their metric or label
+    masks (a metric and its second reading, task-aware beside task-agnostic accuracy) is read
+    from one forward pass per task: one column per objective.
 
     With `upto` (a traced int), only tasks 0..upto, and the evaluation-only tasks
     (`data.eval_only`), are evaluated and the others are NaN: each task is a `lax.cond`, so a
     skipped task costs nothing and `upto` is a value, not a shape (one compiled program serves
     every row; upto = -1 evaluates the evaluation-only tasks alone).
     """
+    several = not isinstance(objective, Objective)  # (an Objective is a NamedTuple)
+    objectives = objective if several else (objective,)
 
     def one(task):
-        return objective.metric(params, data.task_batch(task))
+        batch = data.task_batch(task)
+        out = objectives[0].apply(params, batch["x"])
+        values = [o.metric_of(out, batch) for o in objectives]
+        return jnp.stack(values, axis=-1) if several else values[0]
 
     tasks = jnp.arange(data.num_rows)
     if upto is None:

@@ -134,31 +134,29 @@ def _start(
     shared by methods that start from the same parameters with the same evaluation, holds the
     first one's initial evaluation for the others."""
     m, last = program.members, jnp.int32(num_tasks - 1)
-    initial = initial_view = np.full((m, num_tasks), np.nan)
+    initial = np.full((m, num_tasks, 1 + (program.view is not None)), np.nan)
     if settings.evaluate == "seen" and program.test.eval_only is not None:
         last = jnp.int32(-1)  # no task is seen yet: the evaluation-only tasks alone
     if known is not None and "initial" in known:
-        initial, initial_view = known["initial"]
+        initial = known["initial"]
     elif settings.evaluate != "seen" or program.test.eval_only is not None:
-        initial = to_host(program.evaluate(states.params, program.test, last))[:m]  # (M, T)
-        if program.view is not None:
-            initial_view = to_host(program.view[1](states.params, program.test, last))[:m]
+        initial = to_host(program.evaluate(states.params, program.test, last))[:m]  # (M, T, R)
     if known is not None:
-        known["initial"] = initial, initial_view
+        known["initial"] = initial
     p = Progress(
         steps=[0],
         training_task=[0],
-        values=[_tolist(initial)],
+        values=[_tolist(initial[..., 0])],
         last_loss=[None] * m,
         diverged=[None] * m,
     )
     if program.view is not None:
-        p.view.append(_tolist(initial_view))
+        p.view.append(_tolist(initial[..., 1]))
     return p
 
 
 def _record_chunk(p: Progress, losses, values, row: int, row_name: str, raise_first: bool):
-    """Adds a chunk's losses (M, S) and evaluation (M, T) to the progress; the first non-finite
+    """Adds a chunk's losses (M, S) and metric (M, T) to the progress; the first non-finite
     loss of a member marks it diverged (or, with `raise_first`, raises DivergenceError)."""
     for i in range(len(losses)):
         bad = ~np.isfinite(losses[i])
@@ -229,13 +227,14 @@ def run_program(
         row_name = rows[row]
         params0 = jax.tree.map(lambda a: a[0], states.params)
         trainable = trainable_mask(params0, method.freeze, row > 0)
+        values = None  # the row's latest readings (M, T, R)
         while p.chunk < num_chunks:
             start = jnp.int32(p.chunk * settings.eval_every)
             states, losses, values = program.chunk(
                 states, program.data, test, jnp.int32(row), trainable, start, jnp.int32(p.step)
             )
-            losses, values = to_host((losses[:m], values[:m]))
-            _record_chunk(p, losses, values, row, row_name, stop_on_divergence)
+            losses, values = to_host((losses[:m], values[:m]))  # values (M, T, R)
+            _record_chunk(p, losses, values[..., 0], row, row_name, stop_on_divergence)
             if hooks.on_steps is not None:
                 hooks.on_steps(losses.shape[1])
             stop = stop_requested()
@@ -245,9 +244,11 @@ def run_program(
             if stop and p.chunk < num_chunks:
                 raise _stopped(f"during task {row_name!r}", p, checkpoint is not None)
             fault_point("chunk")
-        if program.view is not None:
-            upto = jnp.int32(row) if seen else last
-            p.view.append(_tolist(to_host(program.view[1](states.params, test, upto))[:m]))
+        if program.view is not None:  # read beside the metric by the row's last evaluation
+            if values is None:  # the row ran no chunk (no steps)
+                upto = jnp.int32(row) if seen else last
+                values = to_host(program.evaluate(states.params, test, upto))[:m]
+            p.view.append(_tolist(values[..., 1]))
         if settings.record_params:
             params = to_host(states.params)
             p.params.append([_member(params, i) for i in range(m)])
@@ -316,7 +317,7 @@ def _views(program: Program, p: Progress, i: int, joint: bool, r: int) -> dict |
     if view is None:
         return None
     initial, *rows = (row[:r] for row in view)
-    summary = summarize(rows, None if joint else initial, program.view[2])
+    summary = summarize(rows, None if joint else initial, program.view[1])
     return {program.view[0]: {"initial": initial, "matrix": rows, "summary": summary}}
 
 

@@ -201,6 +201,9 @@ class Objective(NamedTuple):
 
     def metric(self, params, batch) -> jax.Array:
         """Weighted mean metric (accuracy or squared error) of a batch."""
-        return weighted_mean(
-            self.per_example(self.likelihood.metric_fn, params, batch), batch["weight"]
-        )
+        return self.metric_of(self.apply(params, batch["x"]), batch)
+
+    def metric_of(self, out_BxC, batch) -> jax.Array:
+        """The weighted mean metric of a batch whose model outputs `out_BxC` are computed."""
+        metric_B = jax.vmap(self.likelihood.metric_fn)(out_BxC, batch["y"], self.masks(batch))
+        return weighted_mean(metric_B, batch["weight"])

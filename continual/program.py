@@ -56,14 +56,15 @@ class Program(NamedTuple):
     train: TaskData  # the stream's training and test splits, on the devices
     test: TaskData
     # (states, data, test, task, trainable, task's step, run's step) -> (states, losses (M, S),
-    # metric (M, T))
+    # readings (M, T, R)): R = 1, the metric, or 2, the metric and the view (see readings)
     chunk: Any
     finish: Any  # (states, train, task) -> (states, probe outputs (M, ...))
     # (states) -> states consolidated on the method's general data, before the first task; or None
     prepare: Any
-    evaluate: Any  # (params, test, upto) -> metric (M, T); upto (int32) is used when "seen"
-    # (name, evaluate, higher_is_better) of the second reading (see _view)
-    view: tuple[str, Any, bool] | None
+    # (params, test, upto) -> readings (M, T, R); upto (int32) is used when "seen"
+    evaluate: Any
+    # (name, higher_is_better) of the second reading, column 1 of the readings (see readings)
+    view: tuple[str, bool] | None
     sharding: NamedSharding
     members: int  # real members; the stack may be padded past this
     compile_s: float
@@ -86,9 +87,10 @@ def finish_task(method, reset: bool, probes) -> Callable:
 
 
 def member_functions(
-    method, settings: Settings, probes, batch_sharding=None
+    method, settings: Settings, probes, batch_sharding=None, stream: Stream | None = None
 ) -> tuple[Callable, Callable]:
-    """One member's pure chunk and end-of-task functions (before vmapping)."""
+    """One member's pure chunk and end-of-task functions (before vmapping); the chunk's
+    evaluation reads the stream's view beside the metric (`readings`) when a stream is given."""
     chunk = make_chunk(
         method.objective,
         method.optimizer,
@@ -98,6 +100,7 @@ def member_functions(
         batch_sharding,
         seen_only(method, settings),
         settings.sampling,
+        None if stream is None else readings(stream, method.objective)[0],
     )
     return chunk, finish_task(method, settings.reset_per_task, probes)
 
@@ -154,23 +157,19 @@ def compile_program(
     task0 = jnp.int32(0)
     t0 = time.perf_counter()
     split = batch_sharding(sharding, settings.batch_size)
-    chunk, finish = member_functions(method, settings, probes, split)
+    chunk, finish = member_functions(method, settings, probes, split, stream)
     chunk = jax.vmap(chunk, in_axes=(0, None, None, None, None, None, None))
     finish = jax.vmap(finish, in_axes=(0, None, None))
     base = getattr(method, "base", None)  # a partitioned method's frozen params
     frozen = None if base is None else place(base.arrays, replicated)
+    objectives, view = readings(stream, method.objective)
     if shared is None:
         seen = settings.evaluate == "seen"
-        exact = settings.exact_compile
         evaluate = _compile_evaluate(
-            method.objective, states.params, test, seen, base, frozen, exact
+            objectives, states.params, test, seen, base, frozen, settings.exact_compile
         )
-        view = _view(stream, method.objective)
-        if view is not None:
-            compiled = _compile_evaluate(view[1], states.params, test, seen, base, frozen, exact)
-            view = view[0], compiled, view[2]
     else:
-        evaluate, view = shared.evaluate, shared.view
+        evaluate = shared.evaluate
     jit = functools.partial(
         _compile,
         base=base,
@@ -203,32 +202,33 @@ def compile_program(
     return program, states
 
 
-def _view(stream: Stream, objective):
-    """(name, objective, higher_is_better) of the second reading recorded after every task, or
-    None: the stream's other label masks (task-aware / task-agnostic accuracy), else the
-    likelihood's second metric (next-token accuracy, bits per character of answers)."""
+def readings(stream: Stream, objective) -> tuple[tuple, tuple[str, bool] | None]:
+    """What every evaluation reads, from one forward pass: (objectives, view). `objectives` is
+    (objective,), or (objective, the view's objective) when there is a second reading recorded
+    after every task: the stream's other label masks (task-aware / task-agnostic accuracy), else
+    the likelihood's second metric (next-token accuracy, bits per character of answers); `view`
+    is that reading's (name, higher_is_better), or None."""
     view = stream.view()
     if view is not None:
-        return view[0], objective._replace(label_masks=jnp.asarray(view[1])), True
+        second = objective._replace(label_masks=jnp.asarray(view[1]))
+        return (objective, second), (view[0], True)
     lik = objective.likelihood
     if lik.second is None:
-        return None
+        return (objective,), None
     name, metric_fn, higher_is_better = lik.second
-    return (
-        stream.reading(name),
-        objective._replace(likelihood=lik._replace(metric_fn=metric_fn)),
-        higher_is_better,
-    )
+    second = objective._replace(likelihood=lik._replace(metric_fn=metric_fn))
+    return (objective, second), (stream.reading(name), higher_is_better)
 
 
 def _compile_evaluate(
-    objective, params, test, seen: bool = False, base=None, frozen=None, exact: bool = True
+    objectives, params, test, seen: bool = False, base=None, frozen=None, exact: bool = True
 ):
-    """The metric on every task for every member: (params (M, ...), test, upto) -> (M, T).
-    With `seen`, tasks after `upto` are NaN and cost nothing; otherwise `upto` is ignored."""
+    """The readings of every task for every member: (params (M, ...), test, upto) -> (M, T, R),
+    R objectives read from one forward pass. With `seen`, tasks after `upto` are NaN and cost
+    nothing; otherwise `upto` is ignored."""
 
     def evaluate(p, t, upto):
-        return evaluate_tasks(objective, p, t, upto if seen else None)
+        return evaluate_tasks(objectives, p, t, upto if seen else None)
 
     evaluate = jax.vmap(evaluate, in_axes=(0, None, None))
     return _compile(evaluate, params, test, jnp.int32(0), base=base, frozen=frozen, exact=exact)

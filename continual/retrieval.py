@@ -183,12 +183,9 @@ def _both(objective, params, data):
     """The metric and the likelihood's second reading of every task of `data`, each (T,)."""
     second = objective.likelihood.second[1]
     bits = objective._replace(likelihood=objective.likelihood._replace(metric_fn=second))
-
-    @jax.jit
-    def both(params, data):
-        return evaluate_tasks(objective, params, data), evaluate_tasks(bits, params, data)
-
-    return tuple(np.asarray(a) for a in both(params, data))
+    both = jax.jit(lambda p, d: evaluate_tasks((objective, bits), p, d))  # one forward pass
+    values = np.asarray(both(params, data))
+    return values[:, 0], values[:, 1]
 
 
 def _view(values: np.ndarray, higher_is_better: bool) -> dict:

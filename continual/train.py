@@ -123,11 +123,14 @@ def make_chunk(
     batch_sharding=None,
     seen_only: bool = False,
     sampling: str = "uniform",
+    readings: tuple | None = None,
 ) -> Callable:
     """Returns the pure chunk(state, train, test, task, trainable, start, done) -> (state,
     losses, values): `num_steps` steps on task `task` as one lax.scan, the first of them the
-    task's step `start` and the run's step `done`, then the metric on every task's test split
-    (with `seen_only`, on tasks 0..task only; the others are NaN and cost nothing).
+    task's step `start` and the run's step `done`, then the metric on every task's test split,
+    values (T,) (with `seen_only`, on tasks 0..task only; the others are NaN and cost nothing).
+    With `readings`, a tuple of R objectives of the same model, values are (T, R), each task
+    read from one forward pass (continual.evaluate.evaluate_tasks).
 
     `sampling` "uniform" draws every minibatch uniformly with replacement; "shuffle" goes
     through the task in epochs, each a new random order cut into n // batch_size minibatches
@@ -186,7 +189,8 @@ def make_chunk(
         steps = jnp.arange(num_steps, dtype=jnp.int32)
         (state, _), losses = jax.lax.scan(body, (state, order), steps)
         upto = task if seen_only else None
-        return state, losses, evaluate_tasks(objective, state.params, test, upto)
+        values = evaluate_tasks(readings or objective, state.params, test, upto)
+        return state, losses, values
 
     return chunk
 
