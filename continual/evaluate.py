@@ -25,7 +25,7 @@ from continual.losses import Objective
 from continual.types import TaskData
 
 
-def evaluate_tasks(objective, params, data: TaskData, upto=None) -> jax.Array:
+def evaluate_tasks(objective, params, data: TaskData, upto=None, batch_size: int = 0) -> jax.Array:
     """The metric on every task's split: shape (T,), or (T, R) for a tuple of R objectives.
 
     A tuple of objectives that share one model (`apply`) and differ in their metric or label
@@ -36,15 +36,40 @@ def evaluate_tasks(objective, params, data: TaskData, upto=None) -> jax.Array:
     (`data.eval_only`), are evaluated and the others are NaN: each task is a `lax.cond`, so a
     skipped task costs nothing and `upto` is a value, not a shape (one compiled program serves
     every row; upto = -1 evaluates the evaluation-only tasks alone).
+
+    `batch_size` > 0 reads each task in blocks of that many examples, and a block that holds
+    only padding (past the task's own examples) costs nothing: a task smaller than the largest
+    costs its own size, and the model's outputs are held for one block at a time. The value is
+    the same weighted mean, summed in another order. 0: each task at once.
     """
     several = not isinstance(objective, Objective)  # (an Objective is a NamedTuple)
     objectives = objective if several else (objective,)
+    size = data.ref.shape[1]
 
-    def one(task):
+    def whole(task):
         batch = data.task_batch(task)
         out = objectives[0].apply(params, batch["x"])
-        values = [o.metric_of(out, batch) for o in objectives]
-        return jnp.stack(values, axis=-1) if several else values[0]
+        return jnp.stack([o.metric_of(out, batch) for o in objectives])
+
+    def blocks(task):
+        def block(start):
+            batch = data.block(task, start, batch_size)
+            out = objectives[0].apply(params, batch["x"])
+            w = batch["weight"]
+            sums = [jnp.sum(o.metric_values(out, batch) * w) for o in objectives]
+            return jnp.stack([*sums, jnp.sum(w)])
+
+        def due(start):
+            empty = jnp.zeros(len(objectives) + 1, jnp.float32)
+            return jax.lax.cond(start < data.n[task], block, lambda _: empty, start)
+
+        starts = jnp.arange(0, size, batch_size)
+        total = jax.lax.map(due, starts).sum(axis=0)
+        return total[:-1] * (1.0 / jnp.maximum(total[-1], 1e-12))  # as weighted_mean
+
+    def one(task):
+        values = blocks(task) if 0 < batch_size < size else whole(task)
+        return values if several else values[0]
 
     tasks = jnp.arange(data.num_rows)
     if upto is None:

@@ -205,5 +205,8 @@ class Objective(NamedTuple):
 
     def metric_of(self, out_BxC, batch) -> jax.Array:
         """The weighted mean metric of a batch whose model outputs `out_BxC` are computed."""
-        metric_B = jax.vmap(self.likelihood.metric_fn)(out_BxC, batch["y"], self.masks(batch))
-        return weighted_mean(metric_B, batch["weight"])
+        return weighted_mean(self.metric_values(out_BxC, batch), batch["weight"])
+
+    def metric_values(self, out_BxC, batch) -> jax.Array:
+        """Every example's metric (B,) from the batch's computed model outputs `out_BxC`."""
+        return jax.vmap(self.likelihood.metric_fn)(out_BxC, batch["y"], self.masks(batch))

@@ -38,6 +38,7 @@ class Settings(NamedTuple):
     # on CPU, compile with the options that keep a sweep member's arithmetic a run's, to the bit
     # (compile_lowered); off, large models compile several times faster
     exact_compile: bool = True
+    eval_batch: int = 0  # evaluate each task in blocks of this many examples (0: all at once)
 
 
 EVALUATE = ("all", "seen")
@@ -101,6 +102,7 @@ def member_functions(
         seen_only(method, settings),
         settings.sampling,
         None if stream is None else readings(stream, method.objective)[0],
+        settings.eval_batch,
     )
     return chunk, finish_task(method, settings.reset_per_task, probes)
 
@@ -166,7 +168,14 @@ def compile_program(
     if shared is None:
         seen = settings.evaluate == "seen"
         evaluate = _compile_evaluate(
-            objectives, states.params, test, seen, base, frozen, settings.exact_compile
+            objectives,
+            states.params,
+            test,
+            seen,
+            base,
+            frozen,
+            settings.exact_compile,
+            settings.eval_batch,
         )
     else:
         evaluate = shared.evaluate
@@ -221,14 +230,21 @@ def readings(stream: Stream, objective) -> tuple[tuple, tuple[str, bool] | None]
 
 
 def _compile_evaluate(
-    objectives, params, test, seen: bool = False, base=None, frozen=None, exact: bool = True
+    objectives,
+    params,
+    test,
+    seen: bool = False,
+    base=None,
+    frozen=None,
+    exact: bool = True,
+    batch_size: int = 0,
 ):
     """The readings of every task for every member: (params (M, ...), test, upto) -> (M, T, R),
     R objectives read from one forward pass. With `seen`, tasks after `upto` are NaN and cost
     nothing; otherwise `upto` is ignored."""
 
     def evaluate(p, t, upto):
-        return evaluate_tasks(objectives, p, t, upto if seen else None)
+        return evaluate_tasks(objectives, p, t, upto if seen else None, batch_size)
 
     evaluate = jax.vmap(evaluate, in_axes=(0, None, None))
     return _compile(evaluate, params, test, jnp.int32(0), base=base, frozen=frozen, exact=exact)

@@ -179,11 +179,12 @@ class RetrievalRows:
         self.masks = np.broadcast_to(mask, (len(tasks), len(mask)))
 
 
-def _both(objective, params, data):
-    """The metric and the likelihood's second reading of every task of `data`, each (T,)."""
+def _both(objective, params, data, eval_batch: int = 0):
+    """The metric and the likelihood's second reading of every task of `data`, each (T,), read
+    from one forward pass (in blocks of `eval_batch` examples when > 0)."""
     second = objective.likelihood.second[1]
     bits = objective._replace(likelihood=objective.likelihood._replace(metric_fn=second))
-    both = jax.jit(lambda p, d: evaluate_tasks((objective, bits), p, d))  # one forward pass
+    both = jax.jit(lambda p, d: evaluate_tasks((objective, bits), p, d, None, eval_batch))
     values = np.asarray(both(params, data))
     return values[:, 0], values[:, 1]
 
@@ -197,14 +198,17 @@ def _view(values: np.ndarray, higher_is_better: bool) -> dict:
     }
 
 
-def _unchanged_eval_only(stream, objective, params, reading: str, num_rows: int) -> dict | None:
+def _unchanged_eval_only(
+    stream, objective, params, reading: str, num_rows: int, eval_batch: int = 0
+) -> dict | None:
     """The evaluation-only tasks' columns (Results.eval_only) of a model that no set changes:
     one evaluation, the same before training and after every row (the questions are asked
     without retrieved facts)."""
     held = stream.eval_tasks
     if not held:
         return None
-    values, second = (a.tolist() for a in _both(objective, params, stack_tasks(held, "test")))
+    test = stack_tasks(held, "test")
+    values, second = (a.tolist() for a in _both(objective, params, test, eval_batch))
     return {
         "tasks": [t.name for t in held],
         "initial": values,
@@ -222,15 +226,17 @@ def retrieval_results(
     rows: RetrievalRows,
     steps_per_task: int,
     timing: dict,
+    eval_batch: int = 0,
 ) -> Results:
     """The Results of a reader answering every fact set with retrieval as the sets arrive (and
-    the stream's evaluation-only tasks, which retrieval leaves as they were)."""
+    the stream's evaluation-only tasks, which retrieval leaves as they were); `eval_batch` as
+    train.eval_batch."""
     t0 = time.perf_counter()
     masked = objective._replace(label_masks=jnp.asarray(rows.masks))
-    exact, bits = (a.reshape(rows.shape) for a in _both(masked, params, rows.data))
+    exact, bits = (a.reshape(rows.shape) for a in _both(masked, params, rows.data, eval_batch))
     reading = stream.reading(objective.likelihood.second[0])
     T = len(stream.trained_tasks)
-    held = _unchanged_eval_only(stream, objective, params, reading, T)
+    held = _unchanged_eval_only(stream, objective, params, reading, T, eval_batch)
     timing = {**timing, "evaluate_s": time.perf_counter() - t0}
     names = [t.name for t in stream.trained_tasks]
     matrix, initial = exact[1:].tolist(), exact[0].tolist()
@@ -311,13 +317,21 @@ def reader_stream(stream: Stream, task: Task) -> Stream:
 
 
 def reader_results(
-    name: str, stream: Stream, objective, params, reader: dict, steps_per_task: int, trained
+    name: str,
+    stream: Stream,
+    objective,
+    params,
+    reader: dict,
+    steps_per_task: int,
+    trained,
+    eval_batch: int = 0,
 ) -> Results:
     """A trained reader's Results: every fact set answered from the store as the sets arrive
     (`retrieval_results`), with `trained` (the reader's own Results, plain retrieval from the
     reader store) as the "reader" view."""
+    rows, timing = reader["rows"], trained.timing
     results = retrieval_results(
-        name, stream, objective, params, reader["rows"], steps_per_task, trained.timing
+        name, stream, objective, params, rows, steps_per_task, timing, eval_batch
     )
     if reader["reader"] is None:  # no reader training: nothing more to record
         return results

@@ -284,6 +284,9 @@ def train_settings(config: dict) -> Settings:
     (continual.train.make_chunk). train.exact_compile (default true): on CPU, the compile options
     that keep a sweep member's arithmetic the same as a run's, to the bit (continual.program);
     false compiles a large model several times faster, and its sweeps match runs to rounding.
+    train.eval_batch (default 0: each task at once) evaluates in blocks of that many examples:
+    a task's padding past its own examples costs nothing, and a large model's outputs are held
+    for one block at a time (continual.evaluate.evaluate_tasks).
     """
     t = section(config, "train")
     steps = number(t.get("steps"), "train.steps", 1, integer=True)
@@ -308,7 +311,8 @@ def train_settings(config: dict) -> Settings:
     exact = t.get("exact_compile", True)
     if not isinstance(exact, bool):
         raise ConfigError(f"train.exact_compile must be true or false, got {exact!r}")
-    return Settings(steps, every, batch, record, bool(reset), evaluate, sampling, exact)
+    eval_batch = number(t.get("eval_batch", 0), "train.eval_batch", 0, integer=True)
+    return Settings(steps, every, batch, record, bool(reset), evaluate, sampling, exact, eval_batch)
 
 
 CHECKPOINT_DEFAULTS = dict(CheckpointSettings()._asdict())
@@ -403,7 +407,11 @@ def configure(config: dict, overrides: list[str]) -> dict:
 
 
 DEFAULTS = (  # optional keys: (section, its names they belong to or None for all, defaults)
-    ("train", None, {"evaluate": "all", "sampling": "uniform", "exact_compile": True}),
+    (
+        "train",
+        None,
+        {"evaluate": "all", "sampling": "uniform", "exact_compile": True, "eval_batch": 0},
+    ),
     ("stream", None, {"train_outputs": "all"}),
     ("stream", streams.SPLIT_STREAMS, {"class_order": None, "class_seed": None}),
     ("model", models.INIT_MODELS, {"initializer": "lecun"}),
@@ -465,7 +473,14 @@ def execute(
                 on_steps(p.steps(m))
         elif m.retrieval is not None and m.retrieval["reader"] is None:  # reads as it is
             out[m.name] = retrieval.retrieval_results(
-                m.name, p.stream, m.objective, m.params, m.retrieval["rows"], p.settings.steps, {}
+                m.name,
+                p.stream,
+                m.objective,
+                m.params,
+                m.retrieval["rows"],
+                p.settings.steps,
+                {},
+                p.settings.eval_batch,
             )
         else:
             reader, final = m.retrieval, {}
@@ -487,7 +502,14 @@ def execute(
             else:  # the trained reader answers every fact set from the store
                 params = jax.tree.map(lambda a: a[0], final["params"])
                 out[m.name] = retrieval.reader_results(
-                    m.name, p.stream, m.objective, params, reader, p.settings.steps, out[m.name]
+                    m.name,
+                    p.stream,
+                    m.objective,
+                    params,
+                    reader,
+                    p.settings.steps,
+                    out[m.name],
+                    p.settings.eval_batch,
                 )
         if on_result is not None:
             on_result(out[m.name])

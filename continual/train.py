@@ -124,13 +124,15 @@ def make_chunk(
     seen_only: bool = False,
     sampling: str = "uniform",
     readings: tuple | None = None,
+    eval_batch: int = 0,
 ) -> Callable:
     """Returns the pure chunk(state, train, test, task, trainable, start, done) -> (state,
     losses, values): `num_steps` steps on task `task` as one lax.scan, the first of them the
     task's step `start` and the run's step `done`, then the metric on every task's test split,
     values (T,) (with `seen_only`, on tasks 0..task only; the others are NaN and cost nothing).
     With `readings`, a tuple of R objectives of the same model, values are (T, R), each task
-    read from one forward pass (continual.evaluate.evaluate_tasks).
+    read from one forward pass (continual.evaluate.evaluate_tasks), in blocks of `eval_batch`
+    examples when > 0.
 
     `sampling` "uniform" draws every minibatch uniformly with replacement; "shuffle" goes
     through the task in epochs, each a new random order cut into n // batch_size minibatches
@@ -177,8 +179,11 @@ def make_chunk(
                 batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
             new, metrics = step(s, batch, trainable)
             loss = metrics["loss"] + metrics["penalty"]
-            finite = [jnp.isfinite(p).all() for p in jax.tree.leaves(new.params)]
-            ok = jnp.stack([jnp.isfinite(loss), *finite, s.step == done + k]).all()
+            # one reduction over every parameter: one per leaf took XLA:CPU 40 s to compile
+            # in SmolLM2's chunk of 272 leaves (docs/speed.md), this one a few
+            leaves = [jnp.ravel(p) for p in jax.tree.leaves(new.params)]
+            finite = jnp.isfinite(jnp.concatenate(leaves)).all()
+            ok = jnp.isfinite(loss) & finite & (s.step == done + k)
             # Every field but the key (which a step never changes) is kept or rolled back.
             kept = jax.tree.map(
                 lambda n, o: jnp.where(ok, n, o), new._replace(key=None), s._replace(key=None)
@@ -189,7 +194,7 @@ def make_chunk(
         steps = jnp.arange(num_steps, dtype=jnp.int32)
         (state, _), losses = jax.lax.scan(body, (state, order), steps)
         upto = task if seen_only else None
-        values = evaluate_tasks(readings or objective, state.params, test, upto)
+        values = evaluate_tasks(readings or objective, state.params, test, upto, eval_batch)
         return state, losses, values
 
     return chunk

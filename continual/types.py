@@ -191,6 +191,20 @@ class TaskData(NamedTuple):
         }
         return self._with_outputs(batch, task)
 
+    def block(self, task, start, size: int) -> dict:
+        """Examples start..start+size-1 of task `task` as a batch like `task_batch`'s: those past
+        the task's valid examples (or its padded size) weigh 0."""
+        idx = start + jnp.arange(size)
+        weight = (idx < self.n[task]).astype(jnp.float32)
+        idx = jnp.minimum(idx, self.ref.shape[1] - 1)
+        batch = {
+            "x": self.inputs(task, idx),
+            "y": self.y[task, idx],
+            "task": self.task[task, idx],
+            "weight": weight,
+        }
+        return self._with_outputs(batch, task)
+
     def sample(self, task, idx) -> dict:
         """Examples `idx` (all valid) of task `task` as a batch of weight 1."""
         batch = {

@@ -84,8 +84,16 @@ def get_config(arg=None):
         "stream": stream,
         "model": {"name": "smollm2", "context": 256},
         "optimizer": {"name": "adam", "learning_rate": 1e-4},
-        # one evaluation per set; XLA's own CPU options compile SmolLM2 2.8x faster
-        "train": {"steps": 16, "batch_size": 4, "eval_every": 16, "exact_compile": False},
+        # one evaluation per set, of the sets seen so far, in blocks of 8 questions or windows;
+        # XLA's own CPU options compile SmolLM2 2.8x faster
+        "train": {
+            "steps": 16,
+            "batch_size": 4,
+            "eval_every": 16,
+            "evaluate": "seen",
+            "eval_batch": 8,
+            "exact_compile": False,
+        },
         "regularisers": {
             "ewc": {"strength": 1.0, "estimator": "empirical", "num_samples": 8},
             "replay": {"capacity": 32, "batch_size": 2},

@@ -70,3 +70,69 @@ def test_missing_entries_above_the_diagonal_leave_fwt_undefined_only():
     assert s["fwt"] is None
     assert summarize(seen)["fwt"] is None
     assert summarize(M, [0.1, nan, 0.25])["fwt"] is None  # one needed entry is enough
+
+
+def _uneven_tasks():
+    """Three tasks of 5, 12 and 3 test examples (padded to 12), a linear model, its params."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from continual.losses import Objective, categorical
+    from continual.types import Task, stack_tasks
+
+    rng = np.random.default_rng(0)
+    tasks = []
+    for i, n in enumerate((5, 12, 3)):
+        split = {"x": rng.normal(size=(n, 4)).astype(np.float32), "y": rng.integers(0, 3, n)}
+        mask = np.arange(6) // 3 == i % 2  # two heads: task-aware masks
+        tasks.append(Task(i, f"t{i}", split, split, mask))
+    test = jax.device_put(stack_tasks(tasks, "test"))
+    params = {"w": jnp.asarray(rng.normal(size=(4, 6)), jnp.float32)}
+    masks = jnp.asarray(np.stack([t.label_mask for t in tasks]))
+    objective = Objective(lambda p, x: x @ p["w"], categorical, masks)
+    return test, params, objective
+
+
+@pytest.mark.parametrize("batch_size", [1, 4, 5, 11])
+def test_evaluating_in_blocks_gives_each_tasks_mean(batch_size):
+    import jax.numpy as jnp
+    import numpy as np
+
+    from continual.evaluate import evaluate_tasks
+
+    test, params, objective = _uneven_tasks()
+    agnostic = objective._replace(label_masks=jnp.ones_like(objective.label_masks))
+    whole = np.asarray(evaluate_tasks((objective, agnostic), params, test))
+    blocks = np.asarray(evaluate_tasks((objective, agnostic), params, test, None, batch_size))
+    assert whole.shape == blocks.shape == (3, 2)
+    np.testing.assert_allclose(blocks, whole, rtol=1e-6)
+    # by hand: the accuracy over each task's own examples, padding left out
+    for t in range(3):
+        n = int(test.n[t])
+        x, y = np.asarray(test.store)[np.asarray(test.ref)[t, :n]], np.asarray(test.y)[t, :n]
+        logits = np.where(np.asarray(objective.label_masks[t]), x @ np.asarray(params["w"]), -1e9)
+        assert blocks[t, 0] == pytest.approx(np.mean(logits.argmax(1) == y))
+    one = np.asarray(evaluate_tasks(objective, params, test, None, batch_size))
+    np.testing.assert_array_equal(one, blocks[:, 0])  # one objective: (T,)
+
+
+def test_blocks_past_a_tasks_examples_and_unseen_tasks_are_not_evaluated():
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from continual.evaluate import evaluate_tasks
+
+    test, params, objective = _uneven_tasks()
+    calls = []
+
+    def counting(p, x):
+        jax.debug.callback(lambda: calls.append(1))
+        return x @ p["w"]
+
+    counted = objective._replace(apply=counting)
+    values = evaluate_tasks(counted, params, test, jnp.int32(1), 4)
+    jax.effects_barrier()
+    assert np.isnan(np.asarray(values)[2]) and not np.isnan(np.asarray(values)[:2]).any()
+    assert len(calls) == 2 + 3  # task 0: 5 examples, 2 blocks of 4; task 1: 3; task 2 unseen

@@ -270,6 +270,9 @@ def test_general_data_consolidates_once_before_the_first_task(gguf):
         reg = jax.tree.map(lambda a: np.asarray(a[0]), ready.reg_state[0])  # member 0
         if m.name == "ewc":  # the Fisher of general text, anchored at the pretrained weights
             assert int(reg.count) == 1
+            # one slot (it consolidates once), not one per task: a step reads one Fisher
+            slots = {f.shape[0] for f in jax.tree.leaves(reg.fisher)}
+            assert slots == {1} and len(p.stream.trained_tasks) > 1
             first = jax.tree.map(lambda a: a[0], reg.anchor)  # slot 0
             assert all(jax.tree.leaves(jax.tree.map(np.array_equal, first, m.params)))
             assert sum(float(f[0].sum()) for f in jax.tree.leaves(reg.fisher)) > 0

@@ -219,6 +219,21 @@ def test_exact_compile_off_gives_the_same_numbers_to_rounding():
         assert fast[name].initial == r.initial
 
 
+def test_eval_batch_reads_the_same_numbers_in_blocks():
+    config = blobs_config(["naive", "joint"], scenario="class")  # a second reading: task-aware
+    whole = runner.run(config)[1]
+    config["train"]["eval_batch"] = 7  # 40 test examples per task: blocks of 7, the last of 5
+    blocks = runner.run(config)[1]
+    for name, r in whole.items():
+        np.testing.assert_allclose(blocks[name].matrix, r.matrix, rtol=1e-6)
+        np.testing.assert_allclose(blocks[name].initial, r.initial, rtol=1e-6)
+        for view, v in r.views.items():
+            np.testing.assert_allclose(blocks[name].views[view]["matrix"], v["matrix"], rtol=1e-6)
+    config["train"]["eval_batch"] = -1
+    with pytest.raises(ValueError, match=r"train\.eval_batch must be"):
+        runner.plan(config)
+
+
 def test_null_unsets_a_key_but_not_a_flag():
     from continual.config import ConfigError, parse_value
 

@@ -68,14 +68,15 @@ def _groups(stream: Stream) -> tuple[tuple[int, int], ...] | None:
 def context(objective: Objective, stream: Stream, general: dict | None = None) -> Context:
     """What a registered method may need from the stream (see continual.regularisers.registry).
     With `general` (the stream's general data, for a method that consolidates on it instead of
-    the tasks) the examples are those: a memory holds at most all of them."""
+    the tasks) the examples are those: a memory holds at most all of them, and a method that
+    keeps one slot per task (EWC's separate Fisher, GEM's memories) keeps one, filled once."""
     first = stream.tasks[0].train if general is None else general
     count = sum(len(t.train["x"]) for t in stream.trained_tasks)
     return Context(
         objective=objective,
         example_x=as_inputs(first["x"][:1])[0],
         example_y=first["y"][0],
-        num_tasks=len(stream.trained_tasks),
+        num_tasks=len(stream.trained_tasks) if general is None else 1,
         num_examples=count if general is None else len(general["y"]),
         groups=_groups(stream) if general is None else None,
     )
