@@ -1,13 +1,40 @@
 """continual: continual learning in JAX, from the article's linear toy to vmapped sweeps."""
 
-from continual.evaluate import summarize
-from continual.losses import Objective, categorical, gaussian
-from continual.models import MLP, Linear
-from continual.regularisers import Regulariser, chain, ewc, identity, l2, regulariser, replay
-from continual.runner import execute, plan, run
-from continual.streams import linear_toy, split, split_blobs, split_mnist1d
-from continual.train import make_train_step
-from continual.types import Results, Stream, Task, TaskData, TrainState
+import importlib
+
+_HOMES = {  # the public names, imported from their modules on first use (PEP 562), so that
+    # `import continual.cli` stays light and the command obeys Ctrl-C from its first moment
+    "continual.evaluate": ("summarize",),
+    "continual.losses": ("Objective", "categorical", "gaussian"),
+    "continual.models": ("MLP", "Linear"),
+    "continual.regularisers": (
+        "Regulariser",
+        "chain",
+        "ewc",
+        "identity",
+        "l2",
+        "regulariser",
+        "replay",
+    ),
+    "continual.runner": ("execute", "plan", "run"),
+    "continual.streams": ("linear_toy", "split", "split_blobs", "split_mnist1d"),
+    "continual.train": ("make_train_step",),
+    "continual.types": ("Results", "Stream", "Task", "TaskData", "TrainState"),
+}
+_HOME = {name: module for module, names in _HOMES.items() for name in names}
+
+
+def __getattr__(name: str):
+    if name not in _HOME:
+        raise AttributeError(f"module 'continual' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_HOME[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_HOME])
+
 
 __all__ = [
     "MLP",

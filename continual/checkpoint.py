@@ -3,8 +3,10 @@
 A checkpoint holds the stacked TrainStates (params, optimizer state, regulariser state such as
 Fisher slots, anchors and replay buffers, PRNG keys as key data, step) and the loop's Progress
 (where it is, the metric matrix and curves so far, divergence marks) as JSON. orbax writes each
-checkpoint to a temporary directory and renames it when complete; the last `keep` are kept. A
-checkpoint that cannot be read is skipped with a warning, and the one before it is used.
+checkpoint to a temporary directory and renames it when complete; the last `keep` are kept.
+Every file of a finished checkpoint has its sha256 in its digest.json, so that silent damage
+(flipped bytes, a missing file) is found before the states are used. A checkpoint that cannot be
+read or fails its digest is moved aside with a warning, and the one before it is used.
 
 With several JAX processes (devices.py) all of them save and restore together (orbax writes each
 shard once, so the directory must be one they all see) and agree on which checkpoint is
@@ -16,11 +18,11 @@ task loop takes (`checkpointing`) are defined here too.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
-import signal
 import warnings
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -29,20 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from continual import devices
-
-_FAULTS: Counter = Counter()
-
-
-def fault_point(name: str) -> None:
-    """Fault injection for the resume tests: with CONTINUAL_FAULT=name:N[:SIGNAL] in the
-    environment, the N-th time the run reaches this point it sends itself SIGNAL (default KILL:
-    no cleanup at all, as in a crash)."""
-    spec = os.environ.get("CONTINUAL_FAULT", "").split(":")
-    if spec[0] != name:
-        return
-    _FAULTS[name] += 1
-    if _FAULTS[name] == int(spec[1]):
-        os.kill(os.getpid(), getattr(signal, "SIG" + (spec[2] if len(spec) > 2 else "KILL")))
+from continual.faults import fault_point
 
 
 def _is_key(a) -> bool:
@@ -85,6 +74,11 @@ class Checkpointer:
     def save(self, step: int, states, progress: dict) -> None:
         """Saves the states and the progress as checkpoint `step` (written atomically)."""
         ocp = self._ocp
+        if step in self.manager.all_steps():  # only a resume under a changed config comes here
+            raise ValueError(
+                f"checkpoint {self.directory / str(step)} exists already: the run was resumed "
+                "with a config its checkpoints cannot follow; resume it with its own config"
+            )
         self.manager.save(
             step,
             args=ocp.args.Composite(
@@ -95,6 +89,11 @@ class Checkpointer:
         )
         fault_point("checkpoint_write")  # the write may still be going on in the background
         self.manager.wait_until_finished()
+        if devices.is_primary():  # (a kill before this leaves a checkpoint without a digest)
+            step_dir = self.directory / str(step)
+            digests = json.dumps(file_digests(step_dir), indent=0)
+            (step_dir / f".{DIGEST}.tmp").write_text(digests)
+            os.replace(step_dir / f".{DIGEST}.tmp", step_dir / DIGEST)  # whole or absent
 
     def restore_latest(self, template, move_aside: bool = True):
         """(states, progress) of the newest readable checkpoint, or None if there is none.
@@ -107,14 +106,16 @@ class Checkpointer:
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, to_saveable(template))
         # Process 0's list, so that every process tries the same steps in the same order.
         for step in devices.from_primary(sorted(self.manager.all_steps(), reverse=True)):
+            error = check_digests(self.directory / str(step))
             try:
-                got = self.manager.restore(
-                    step,
-                    args=ocp.args.Composite(
-                        states=ocp.args.StandardRestore(abstract), progress=ocp.args.JsonRestore()
-                    ),
-                )
-                error = None
+                if error is None:
+                    got = self.manager.restore(
+                        step,
+                        args=ocp.args.Composite(
+                            states=ocp.args.StandardRestore(abstract),
+                            progress=ocp.args.JsonRestore(),
+                        ),
+                    )
             except Exception as e:  # any failure to read means: move it aside, use an older one
                 error = e
             if not devices.any_process(error is not None):  # every process agrees on the step
@@ -151,6 +152,40 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.close()
+
+
+DIGEST = "digest.json"  # in each checkpoint: {relative path: sha256} of its other files
+
+
+def file_digests(step_dir: Path) -> dict[str, str]:
+    """sha256 of every file under `step_dir` but the digest itself."""
+    out = {}
+    for f in sorted(step_dir.rglob("*")):
+        if f.is_file() and f.name != DIGEST:
+            h = hashlib.sha256()
+            with open(f, "rb") as fh:
+                while block := fh.read(1 << 22):
+                    h.update(block)
+            out[f.relative_to(step_dir).as_posix()] = h.hexdigest()
+    return out
+
+
+def check_digests(step_dir: Path) -> ValueError | None:
+    """The damage a checkpoint's files show against its digest.json, or None (also when it has
+    none: one written before digests were kept, or killed before its digest was)."""
+    try:
+        recorded = json.loads((step_dir / DIGEST).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        return ValueError(f"its {DIGEST} is unreadable: {e}")
+    found = file_digests(step_dir)
+    for name, digest in recorded.items():
+        if name not in found:
+            return ValueError(f"{name} is missing")
+        if found[name] != digest:
+            return ValueError(f"{name} does not match its sha256")
+    return None
 
 
 class CheckpointSettings(NamedTuple):

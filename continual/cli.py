@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import signal
 import sys
+import warnings
 from pathlib import Path
 
 from continual import rundir
+from continual.faults import fault_point
 
 PRETRAINED_LMS = ("smollm2-135m",)  # continual generate --model (continual.reload)
 
@@ -186,7 +190,9 @@ def _run(args) -> int:
 
     _enable_compilation_cache()
     module, config, spec = _experiment(args)
+    args.stop.check(NOTHING_WRITTEN)
     plan = runner.plan(config, args.methods)
+    args.stop.check(NOTHING_WRITTEN)
     request = {"experiment": spec, "methods": [m.name for m in plan.methods]}
     run_dir, resume = rundir.choose(args, config, request)
     return _execute(args, module, plan, run_dir, resume, request)
@@ -208,6 +214,7 @@ def _resume(args) -> int:
             raise ValueError("run.json or config.json lacks what a resume needs")
     except (OSError, ValueError, AttributeError) as e:
         raise ValueError(f"cannot read the run in {str(run_dir)!r}: {e}") from None
+    rundir.check_unchanged(run_dir, config, info)
     config = runner.with_defaults(config)  # a key added since the run was made: its default
     _enable_compilation_cache()
     if info.get("kind") == "sweep":
@@ -219,6 +226,7 @@ def _resume(args) -> int:
         return _sweep(args, config)
     module = load_experiment(info["experiment"])
     plan = runner.plan(config, info["methods"])
+    args.stop.check(NOTHING_WRITTEN)
     args.experiment = info["experiment"]
     return _execute(args, module, plan, run_dir, True, info)
 
@@ -230,8 +238,11 @@ def _execute(args, module, plan, run_dir: Path, resume: bool, request: dict) -> 
 
     if not resume:
         rundir.create(run_dir, plan.config, request)
+    rundir.lock(run_dir)  # (`continual resume DIR` comes here without choosing)
+    for m in plan.methods if resume else []:  # an unreadable one is moved aside and redone
+        res.read_results(run_dir / m.name / "results.json")
     res.save_tokenizer(run_dir, plan.stream)
-    stop = rundir.StopFlag().install()
+    stop = args.stop
     bar = _progress(plan.total_steps, args.quiet)
     finished = {}
 
@@ -240,7 +251,9 @@ def _execute(args, module, plan, run_dir: Path, resume: bool, request: dict) -> 
             res.save_results(run_dir, r)
         finished[r.method] = r
 
+    stop.check(f"before training; resume with: continual resume {run_dir}")
     try:
+        stop.training = True
         runner.execute(
             plan,
             on_steps=bar.update if bar else None,
@@ -252,15 +265,20 @@ def _execute(args, module, plan, run_dir: Path, resume: bool, request: dict) -> 
     except Interrupted as e:
         return rundir.report_interrupted(e, stop, run_dir)
     finally:
+        stop.training = False
         if bar is not None:
             bar.close()
         if finished:
             res.save_comparison(run_dir, finished)
+    fault_point("results")
+    stop.check(f"after training, every result written; figures: continual plot {run_dir}")
     print(res.format_table(finished))
     if hasattr(module, "report"):
         for line in module.report(finished, plan.stream):
             print(line)
     if not args.no_plots:
+        fault_point("plots")
+        stop.check(f"after training, every result written; figures: continual plot {run_dir}")
         _plots(module, plan.stream, finished, run_dir)
     print(f"run directory: {run_dir}")
     return 0
@@ -284,6 +302,7 @@ def _sweep(args, config: dict | None = None) -> int:
         raise ValueError("--coordinator, --num-processes and --process-id need --distributed")
     if distributed:  # before anything touches a device
         devices.initialize(args.coordinator, args.num_processes, args.process_id)
+        args.stop.install()  # JAX's preemption notifier took SIGTERM: ours again
     from continual import plots
     from continual import results as res
     from continual import sweep as sw
@@ -298,6 +317,8 @@ def _sweep(args, config: dict | None = None) -> int:
     grid = sw.parse_axes(config, args.grid, "--grid")
     outer = sw.parse_axes(config, args.outer, "--outer")
     groups = sw.plan_sweep(config, grid, args.seeds, outer, args.methods)
+    if not distributed:  # (several processes agree on stopping at chunk boundaries only)
+        args.stop.check(NOTHING_WRITTEN)
     request = {
         "experiment": spec,
         "kind": "sweep",
@@ -310,19 +331,19 @@ def _sweep(args, config: dict | None = None) -> int:
     primary = devices.is_primary()  # the one process that writes and prints
     if primary and groups[0].plan is not None:  # (streams drawn from the seed are not text)
         res.save_tokenizer(run_dir, groups[0].plan.stream)
-    stop = rundir.StopFlag().install()
+    stop = args.stop
     bar = _progress(sw.total_steps(groups), args.quiet or not primary)
     results = []
     try:
+        stop.training = True
         for i, group in enumerate(groups):
             paths = [
                 run_dir / "members" / m.method / m.name / "results.json" for m in group.members
             ]
-            if devices.from_primary(resume and all(p.exists() for p in paths)):
+            done = [res.read_results(p) for p in paths] if resume and primary else [None]
+            if devices.from_primary(all(r is not None for r in done)):
                 if primary:  # only process 0 reads and writes files
-                    results.append(
-                        [res.Results.from_json(json.loads(p.read_text())) for p in paths]
-                    )
+                    results.append(done)
                 if bar:
                     bar.update(sw.total_steps([group]))
                 continue
@@ -349,6 +370,7 @@ def _sweep(args, config: dict | None = None) -> int:
     except Interrupted as e:
         return rundir.report_interrupted(e, stop, run_dir)
     finally:
+        stop.training = False
         if bar is not None:
             bar.close()
     if not primary:
@@ -358,8 +380,10 @@ def _sweep(args, config: dict | None = None) -> int:
     res.write_json(
         run_dir / "sweep.json", sw.sweep_json(groups, results, table, grid, outer, args.seeds)
     )
+    stop.check(f"after training, every result written (sweep.json too): {run_dir}")
     print(sw.format_table(table, metric))
     if not args.no_plots:
+        stop.check(f"after training, every result written (sweep.json too): {run_dir}")
         plots.plot_front(table, metric, run_dir / "plots" / "front.png")
         plots.plot_vs_value(table, metric, run_dir / "plots" / "average.png")
     print(f"sweep directory: {run_dir}")
@@ -408,14 +432,16 @@ def _plot(args) -> int:
 
 
 def _generate(args) -> int:
+    from continual.config import check_seed
     from continual.generate import format_steps, generate_text
 
     for name in ("max_new_tokens", "top_k", "show_top"):
         if getattr(args, name) < (1 if name == "max_new_tokens" else 0):
             flag = "--" + name.replace("_", "-")
             raise ValueError(f"{flag} must be {'positive' if name[0] == 'm' else '>= 0'}")
-    if not args.temperature >= 0:
-        raise ValueError("--temperature must be >= 0")
+    if not 0 <= args.temperature < math.inf:
+        raise ValueError(f"--temperature must be a finite number >= 0, got {args.temperature}")
+    check_seed(args.seed, "--seed")
     if not args.prompt:
         raise ValueError("--prompt must not be empty")
     if (args.run_dir is None) == (args.model is None):
@@ -455,12 +481,22 @@ def _generate(args) -> int:
     return 0
 
 
+NOTHING_WRITTEN = "before anything was written"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `continual` console script."""
     args = _parser().parse_args(argv)
-    from continual.train import DivergenceError
+    # run, sweep and resume obey a signal at every moment from here on (rundir.StopFlag)
+    args.stop = stop = rundir.StopFlag()
+    show_warning, warnings.formatwarning = warnings.formatwarning, _one_line
+    if args.command in ("run", "sweep", "resume"):
+        stop.install()
+        fault_point("start")
+    from continual.train import DivergenceError  # (JAX: seconds)
 
     try:
+        stop.check(NOTHING_WRITTEN)
         if args.command == "run":
             return _run(args)
         if args.command == "list":
@@ -472,12 +508,24 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "generate":
             return _generate(args)
         return _plot(args)
+    except rundir.Stopped as e:
+        print(f"continual: stopped ({signal.Signals(stop.signal).name}) {e}", file=sys.stderr)
+        return stop.exit_code()
     except DivergenceError as e:
         return _fail(str(e), 1)
     except (ValueError, OSError) as e:
         return _fail(str(e))
     except KeyboardInterrupt:
         return _fail("interrupted", 130)
+    finally:
+        stop.uninstall()
+        rundir.release()
+        warnings.formatwarning = show_warning
+
+
+def _one_line(message, category, filename, lineno, line=None) -> str:
+    """A warning as the command prints it: one line, without Python's source location."""
+    return f"warning: {message}\n"
 
 
 if __name__ == "__main__":

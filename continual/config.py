@@ -16,6 +16,7 @@ import ast
 import copy
 import importlib
 import importlib.util
+import math
 import pkgutil
 import sys
 from pathlib import Path
@@ -121,22 +122,45 @@ def parse_value(text: str, current: Any, key: str) -> Any:
             raise ConfigError(f"{key} must be an integer, got {text!r}") from None
     if isinstance(current, float):
         try:
-            return float(text)
+            value = float(text)
         except ValueError:
             raise ConfigError(f"{key} must be a number, got {text!r}") from None
+        return finite(value, key, text)
     if isinstance(current, str):
         return text
     if isinstance(current, (list, tuple)):
-        items = [t.strip() for t in text.split(",") if t.strip()] if text.strip() else []
+        items = [t.strip() for t in text.split(",")] if text.strip() else []
+        if "" in items:
+            raise ConfigError(f"{key} has an empty item in {text!r}")
         if current:
             items = [parse_value(t, current[0], key) for t in items]
         return type(current)(items)
     if isinstance(current, dict):
         raise ConfigError(f"{key} is a section; set one of its keys: {', '.join(current)}")
     try:  # a None default: a Python literal (number, None, list, ...)
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
         return text
+    return finite(value, key, text) if isinstance(value, float) else value
+
+
+def finite(value: float, key: str, text: str | None = None) -> float:
+    """`value` if it is a finite number; inf, 1e400 and NaN are refused with one line."""
+    if not math.isfinite(value):
+        raise ConfigError(f"{key} must be a finite number, got {text or value!r}")
+    return value
+
+
+def check_finite(config: Any, where: str = "") -> None:
+    """Refuses a config holding a non-finite number anywhere (an experiment file's inf too)."""
+    if isinstance(config, dict):
+        for k, v in config.items():
+            check_finite(v, f"{where}.{k}" if where else str(k))
+    elif isinstance(config, (list, tuple)):
+        for v in config:
+            check_finite(v, where)
+    elif isinstance(config, float):
+        finite(config, where or "a config value")
 
 
 def apply_overrides(config: dict, overrides: list[str], defaults: dict | None = None) -> dict:
@@ -171,11 +195,29 @@ def section(config: dict, name: str) -> dict:
     return value
 
 
-def number(value: Any, key: str, minimum: float | None = None, integer: bool = False) -> Any:
-    """Checks that `value` is a number (an integer if asked) not below `minimum`."""
+def number(
+    value: Any,
+    key: str,
+    minimum: float | None = None,
+    integer: bool = False,
+    maximum: float | None = None,
+) -> Any:
+    """Checks that `value` is a finite number (an integer if asked) in [minimum, maximum]."""
     kinds = (int,) if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kinds):
         raise ConfigError(f"{key} must be {'an integer' if integer else 'a number'}, got {value!r}")
+    if isinstance(value, float):
+        finite(value, key)
     if minimum is not None and not value >= minimum:
         raise ConfigError(f"{key} must be >= {minimum}, got {value}")
+    if maximum is not None and not value <= maximum:
+        raise ConfigError(f"{key} must be <= {maximum}, got {value}")
     return value
+
+
+MAX_SEED = 2**32 - 1  # jax.random.key keeps 32 bits of a seed: 2**32 would repeat seed 0
+
+
+def check_seed(value: Any, key: str = "seed") -> int:
+    """A seed: an integer in [0, 2**32 - 1]."""
+    return number(value, key, 0, integer=True, maximum=MAX_SEED)

@@ -43,6 +43,20 @@ def _first_line(error: Exception) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
+def available_bytes() -> int | None:
+    """Memory a program can still use: the least any local device has left (bytes_limit less
+    bytes_in_use), or on a CPU the host's MemAvailable; None when neither can be read."""
+    stats = [d.memory_stats() for d in jax.local_devices()]
+    if all(s and "bytes_limit" in s for s in stats):
+        return min(s["bytes_limit"] - s.get("bytes_in_use", 0) for s in stats)
+    try:
+        with open("/proc/meminfo") as f:
+            fields = dict(line.split(":", 1) for line in f)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
+
+
 def is_primary() -> bool:
     """Whether this is process 0, the one that writes files and prints."""
     return jax.process_index() == 0

@@ -27,9 +27,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from continual.checkpoint import CheckpointSettings, Progress, checkpointing, fault_point
+from continual.checkpoint import CheckpointSettings, Progress, checkpointing
 from continual.devices import to_host
 from continual.evaluate import summarize
+from continual.faults import fault_point
 from continual.program import (
     Program,
     Settings,

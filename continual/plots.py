@@ -117,8 +117,19 @@ def _series(table: list[dict]):
                 ),
             ]
         )
-        series.setdefault(label, []).append(row)
+        if row["average"] is not None:  # every seed of this point diverged: nothing to draw
+            series.setdefault(label, []).append(row)
     return series
+
+
+def _diverged_note(fig, table: list[dict]) -> None:
+    """Says, under the axes, how many members diverged and were left out."""
+    n = sum(row["diverged"] for row in table)
+    if n:
+        points = sum(row["average"] is None for row in table)
+        note = f"{n} diverged member{'s' if n > 1 else ''} left out"
+        note += f" ({points} point{'s' if points > 1 else ''} with none left)" if points else ""
+        fig.text(0.99, 0.01, note, ha="right", va="bottom", fontsize=7, color="0.3")
 
 
 def plot_front(table: list[dict], metric: str, path: Path) -> Path:
@@ -126,7 +137,8 @@ def plot_front(table: list[dict], metric: str, path: Path) -> Path:
     value (mean over seeds, SEM error bars), labelled with the swept value."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
-    for label, rows in _series(table).items():
+    series = _series(table)
+    for label, rows in series.items():
         new = np.array([r["last"] for r in rows])
         old = np.array([r["old"] for r in rows])
         ax.errorbar(
@@ -156,7 +168,9 @@ def plot_front(table: list[dict], metric: str, path: Path) -> Path:
     ax.set_title(
         "stability-plasticity front" + (f" (labels: {swept})" if swept else ""), fontsize=10
     )
-    ax.legend(fontsize=7)
+    if series:
+        ax.legend(fontsize=7)
+    _diverged_note(fig, table)
     fig.subplots_adjust(left=0.14, right=0.97, bottom=0.12, top=0.92)
     return save(fig, path)
 
@@ -169,7 +183,8 @@ def plot_vs_value(table: list[dict], metric: str, path: Path) -> Path | None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 4.0))
     numeric = True
-    for label, rows in _series(table).items():
+    series = _series(table)
+    for label, rows in series.items():
         xs = [r["values"][key] for r in rows]
         numeric &= all(isinstance(x, (int, float)) and x > 0 for x in xs)
         avg = np.array([r["average"] for r in rows])
@@ -183,6 +198,8 @@ def plot_vs_value(table: list[dict], metric: str, path: Path) -> Path | None:
             ax.set_xscale("log")
     ax.set_xlabel(key)
     ax.set_ylabel(f"average final {metric}")
-    ax.legend(fontsize=7)
+    if series:
+        ax.legend(fontsize=7)
+    _diverged_note(fig, table)
     fig.subplots_adjust(left=0.14, right=0.97, bottom=0.13, top=0.95)
     return save(fig, path)

@@ -17,6 +17,7 @@ import csv
 import io
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -60,6 +61,25 @@ def save_results(run_dir: Path, results: Results) -> None:
     write_json(run_dir / results.method / "results.json", results.to_json())
 
 
+def read_results(path: Path) -> Results | None:
+    """The Results a finished method wrote to `path`, or None when there is none. An unreadable
+    file (truncated, edited) is moved aside to <path>.unreadable, with a warning, so that the
+    method is computed again (from its checkpoints) and its results written afresh."""
+    if not path.exists():
+        return None
+    try:
+        return Results.from_json(json.loads(path.read_text()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        aside = path.with_name(path.name + ".unreadable")
+        os.replace(path, aside)
+        print(
+            f"warning: cannot read {path} ({type(e).__name__}: {e}); moved to {aside.name}, "
+            "computing it again",
+            file=sys.stderr,
+        )
+        return None
+
+
 def save_comparison(run_dir: Path, all_results: dict[str, Results]) -> None:
     """Writes comparison.json: each method's summary and final row, in run order."""
     write_json(
@@ -76,12 +96,7 @@ def load_run(run_dir: str | Path) -> dict[str, Results]:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run directory {str(run_dir)!r} does not exist")
-    order_file = run_dir / "comparison.json"
-    names = (
-        list(json.loads(order_file.read_text()))
-        if order_file.exists()
-        else sorted(p.parent.name for p in run_dir.glob("*/results.json"))
-    )
+    names = _method_order(run_dir)
     if not names:
         raise FileNotFoundError(f"{str(run_dir)!r} holds no results (no */results.json)")
     out = {}
@@ -92,6 +107,23 @@ def load_run(run_dir: str | Path) -> dict[str, Results]:
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise ValueError(f"cannot read {path}: {e}") from None
     return out
+
+
+def _method_order(run_dir: Path) -> list[str]:
+    """The methods of a run in run order: comparison.json's, else run.json's (when the first is
+    unreadable: it is rewritten from the results at the run's end), else every results.json."""
+    for name in ("comparison.json", "run.json"):
+        try:
+            data = json.loads((run_dir / name).read_text())
+            names = list(data if name == "comparison.json" else data["methods"])
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            print(f"warning: cannot read {run_dir / name} ({e})", file=sys.stderr)
+            continue
+        if names and all(isinstance(n, str) for n in names):
+            return [n for n in names if (run_dir / n / "results.json").exists()] or names
+    return sorted(p.parent.name for p in run_dir.glob("*/results.json"))
 
 
 def format_table(all_results: dict[str, Results]) -> str:

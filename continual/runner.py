@@ -21,9 +21,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from continual import models, retrieval, streams
+from continual import devices, models, retrieval, streams
 from continual.checkpoint import CheckpointSettings
-from continual.config import ConfigError, apply_overrides, number, section
+from continual.config import ConfigError, apply_overrides, check_finite, check_seed, number, section
 from continual.loop import Hooks, Job, run_job
 from continual.losses import LIKELIHOODS, Objective
 from continual.models.partition import Base, Partition, bind, parse_train
@@ -35,7 +35,7 @@ from continual.streams.pretrained import (
     known_probes,
     probe_matches,
 )
-from continual.train import SAMPLING, check_epochs, init_state, make_optimizer
+from continual.train import SAMPLING, check_batch, init_state, make_optimizer
 from continual.types import Results, Stream, TaskData, TrainState, as_inputs, stack_tasks
 
 METHOD_KEYS = {
@@ -85,7 +85,7 @@ def build_stream(config: dict) -> Stream:
     if name not in streams.STREAMS:
         raise ConfigError(f"unknown stream {name!r} (known: {', '.join(streams.STREAMS)})")
     if stream_follows_seed(config):
-        spec["class_seed"] = number(config.get("seed", 0), "seed", 0, integer=True)
+        spec["class_seed"] = check_seed(config.get("seed", 0))
     elif "class_seed" in spec and spec["class_seed"] is None:
         del spec["class_seed"]  # null: the run's seed, which only a shuffled order reads
     known = spec.get("probe_keep") == "known"
@@ -374,11 +374,11 @@ class Plan:
 
 def plan(config: dict, selected: list[str] | None = None) -> Plan:
     """Checks the whole config and builds every part; nothing is trained or written yet."""
-    seed = number(config.get("seed", 0), "seed", 0, integer=True)
+    seed = check_seed(config.get("seed", 0))
     settings = train_settings(config)
     checkpoints = checkpoint_settings(config)
     stream = build_stream(config)
-    check_epochs(settings.sampling, settings.batch_size, stream.trained_tasks)
+    check_batch(settings.sampling, settings.batch_size, stream.trained_tasks)
     train, test = stack_tasks(stream.tasks, "train"), stack_tasks(stream.tasks, "test")
     init_key, run_key = jax.random.split(jax.random.key(seed))
     methods = [
@@ -386,9 +386,31 @@ def plan(config: dict, selected: list[str] | None = None) -> Plan:
         for name, spec in method_specs(config, selected).items()
     ]
     for m in methods:
-        if m.retrieval is not None:  # its reader trains on a task of its own
-            check_epochs(settings.sampling, settings.batch_size, [m.retrieval["reader"]])
+        if m.retrieval is not None and m.retrieval["reader"] is not None:  # trains a reader
+            check_batch(settings.sampling, settings.batch_size, [m.retrieval["reader"]])
+        check_memory(state_bytes(m), f"method {m.name!r}")
     return Plan(config, seed, settings, checkpoints, stream, train, test, methods, run_key)
+
+
+def state_bytes(method: Method) -> int:
+    """Bytes one member of `method` holds while it trains, at least: its state (parameters,
+    optimizer and regulariser state) and a gradient of its parameters. Activations, data and
+    the compiled program come on top."""
+    state = jax.eval_shape(
+        lambda: init_state(method.params, method.optimizer, method.regulariser, jax.random.key(0))
+    )
+    size = sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(state))
+    return size + sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(method.params))
+
+
+def check_memory(need: int, what: str) -> None:
+    """Refuses, before anything is written, a plan whose states cannot fit in memory."""
+    have = devices.available_bytes()
+    if have is not None and need > have:
+        raise ConfigError(
+            f"{what} needs at least {need / 2**30:,.1f} GiB for its state and gradients, more "
+            f"than the {have / 2**30:,.1f} GiB available; make the model or the sweep smaller"
+        )
 
 
 def initial_state(method: Method, key) -> TrainState:
@@ -403,7 +425,9 @@ def configure(config: dict, overrides: list[str]) -> dict:
     Any registered method's hyperparameters can be set, with its defaults for the rest."""
     reachable = with_defaults(config)
     reachable["regularisers"] = {**registry.defaults(), **(config.get("regularisers") or {})}
-    return with_defaults(apply_overrides(config, overrides, reachable))
+    config = with_defaults(apply_overrides(config, overrides, reachable))
+    check_finite(config)
+    return config
 
 
 DEFAULTS = (  # optional keys: (section, its names they belong to or None for all, defaults)

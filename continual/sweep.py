@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from continual import runner
-from continual.config import ConfigError, parse_value
+from continual.config import ConfigError, check_seed, parse_value
 from continual.loop import Hooks, Job, run_job
 from continual.program import member_functions, probe_inputs, trainable_mask
 from continual.types import Results
@@ -40,6 +40,9 @@ def _lookup(config: dict, key: str) -> Any:
     return node
 
 
+MAX_MEMBERS = 10_000  # members of one sweep: each is a directory of results and a row
+
+
 def parse_values(key: str, text: str, current: Any) -> list:
     """'1e0:1e6:7' (log-spaced, both ends included) or 'v1,v2,...' parsed like --set values."""
     text = text.strip()
@@ -51,11 +54,16 @@ def parse_values(key: str, text: str, current: Any) -> list:
             lo, hi, n = float(parts[0]), float(parts[1]), int(parts[2])
         except (ValueError, IndexError):
             raise ConfigError(f"{key}: a range is LOW:HIGH:COUNT, got {text!r}") from None
-        if len(parts) != 3 or lo <= 0 or hi <= 0 or n < 1:
-            raise ConfigError(f"{key}: LOW:HIGH:COUNT needs LOW, HIGH > 0 and COUNT >= 1")
+        if len(parts) != 3 or not (0 < lo < math.inf and 0 < hi < math.inf) or n < 1:
+            raise ConfigError(
+                f"{key}: LOW:HIGH:COUNT needs finite LOW, HIGH > 0 and COUNT >= 1, got {text!r}"
+            )
         values = np.geomspace(lo, hi, n).tolist()
     else:
-        values = [parse_value(v.strip(), current, key) for v in text.split(",") if v.strip()]
+        items = [v.strip() for v in text.split(",")]
+        if "" in items:
+            raise ConfigError(f"{key} has an empty item in {text!r}")
+        values = [parse_value(v, current, key) for v in items]
     if not values:
         raise ConfigError(f"empty grid for {key!r}")
     if isinstance(current, float):
@@ -185,8 +193,15 @@ def plan_sweep(
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise ConfigError(f"--seeds must be a positive integer, got {seeds!r}")
     names = list(runner.method_specs(config, methods))
-    base_seed = config.get("seed", 0)
+    base_seed = check_seed(config.get("seed", 0))
+    check_seed(base_seed + seeds - 1, "seed + --seeds - 1 (the last member's seed)")
     all_seeds = [base_seed + s for s in range(seeds)]
+    count = len(names) * seeds * math.prod(map(len, [*grid.values(), *outer.values()]))
+    if count > MAX_MEMBERS:
+        raise ConfigError(
+            f"the sweep has {count} members (methods x grid points x seeds x outer values); "
+            f"at most {MAX_MEMBERS}, each writes a directory of its own"
+        )
     groups = []
     for combo in itertools.product(*outer.values()):
         outer_values = dict(zip(outer, combo, strict=True))
@@ -220,6 +235,10 @@ def _groups(config, names, grid, outer_values, seeds, keep) -> list[Group]:
             for values in itertools.product(*grid.values())
             for seed in seeds
         ]
+        per_device = math.ceil(len(members) / jax.device_count())  # members spread over all
+        runner.check_memory(
+            per_device * runner.state_bytes(plan.methods[0]), f"{len(members)} members of {name!r}"
+        )
         names_seen = [m.name for m in members]
         if len(set(names_seen)) != len(names_seen):
             raise ConfigError(
@@ -276,7 +295,8 @@ def old_new(r: Results) -> tuple[float, float]:
 
 def summarize_sweep(groups: list[Group], results: list[list[Results]]) -> list[dict]:
     """Mean and SEM over seeds per (method, outer values, grid point), pooling the programs of
-    one method and outer values (one per seed when the stream follows the seed)."""
+    one method and outer values (one per seed when the stream follows the seed). Members that
+    diverged are counted ("diverged") and left out of the means (None when all diverged)."""
     points: dict[tuple, list] = {}
     for group, rs in zip(groups, results, strict=True):
         for member, r in zip(group.members, rs, strict=True):
@@ -284,25 +304,29 @@ def summarize_sweep(groups: list[Group], results: list[list[Results]]) -> list[d
             points.setdefault(key, []).append(r)
     table = []
     for (method, outer, point), runs in points.items():
+        kept = [r for r in runs if r.diverged is None]  # a diverged member's numbers mean nothing
         row = {
             "method": method,
             "outer": dict(outer),
             "values": dict(point),
             "n": len(runs),
-            "diverged": sum(r.diverged is not None for r in runs),
+            "diverged": len(runs) - len(kept),
         }
-        row["average"] = _mean_sem([r.summary["average"] for r in runs])
-        row["first"] = _mean_sem([r.matrix[-1][0] for r in runs])
-        row["last"] = _mean_sem([r.matrix[-1][-1] for r in runs])
-        row["old"] = _mean_sem([old_new(r)[0] for r in runs])
-        forgetting = [r.summary["forgetting"] for r in runs]
-        row["forgetting"] = None if None in forgetting else _mean_sem(forgetting)
+        forgetting = [r.summary["forgetting"] for r in kept]
+        stats = {
+            "average": [r.summary["average"] for r in kept],
+            "first": [r.matrix[-1][0] for r in kept],
+            "last": [r.matrix[-1][-1] for r in kept],
+            "old": [old_new(r)[0] for r in kept],
+            "forgetting": None if None in forgetting else forgetting,
+        }
+        row.update({k: _mean_sem(v) if v else None for k, v in stats.items()})
         table.append(row)
     return table
 
 
 def format_table(table: list[dict], metric: str) -> str:
-    """The sweep table as text: mean ± SEM over seeds."""
+    """The sweep table as text: mean ± SEM over the seeds that did not diverge."""
 
     def cell(v):
         return "-" if v is None else f"{v[0]:.4g} ± {v[1]:.2g}"
@@ -317,7 +341,7 @@ def format_table(table: list[dict], metric: str) -> str:
             )
             or "-"
         )
-        n = f"{row['n']}" + (f" ({row['diverged']} diverged)" if row["diverged"] else "")
+        n = f"{row['n']}" + (f" ({row['diverged']} diverged, left out)" if row["diverged"] else "")
         rows.append(
             [
                 row["method"],

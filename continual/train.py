@@ -57,15 +57,15 @@ def init_state(params, optimizer, regulariser: Regulariser, key) -> TrainState:
 SAMPLING = ("uniform", "shuffle")
 
 
-def check_epochs(sampling: str, batch_size: int, tasks) -> None:
-    """With sampling "shuffle" every task (a continual.types.Task) must hold a minibatch."""
-    if sampling != "shuffle":
-        return
+def check_batch(sampling: str, batch_size: int, tasks) -> None:
+    """Every task (a continual.types.Task) must hold a minibatch: a batch larger than the task it
+    is drawn from is refused (with sampling "shuffle" an epoch would hold none)."""
     n, name = min((len(t.train["y"]), t.name) for t in tasks)
     if n < batch_size:
+        why = ", so an epoch holds none" if sampling == "shuffle" else "; 0 takes all of them"
         raise ConfigError(
-            f"train.sampling 'shuffle': task {name!r} has {n} training examples, fewer than "
-            f"train.batch_size ({batch_size}), so an epoch holds no minibatch"
+            f"train.batch_size ({batch_size}) is larger than task {name!r}'s {n} training "
+            f"examples{why}"
         )
 
 

@@ -193,13 +193,97 @@ BAD = {
         ["run", "linear_toy", "--set", "train.steps=null"],
         "train.steps must be",
     ),
+    "infinite strength": (
+        ["run", "linear_toy", "--set", "regularisers.ewc.strength=inf"],
+        "regularisers.ewc.strength must be a finite number, got 'inf'",
+    ),
+    "strength that overflows": (
+        ["run", "linear_toy", "--set", "regularisers.l2.strength=1e400"],
+        "must be a finite number, got '1e400'",
+    ),
+    "infinite learning rate": (
+        ["run", "linear_toy", "--set", "optimizer.learning_rate=-inf"],
+        "optimizer.learning_rate must be a finite number",
+    ),
+    "infinite spread": (
+        ["run", "split_blobs", "--set", "stream.spread=inf"],
+        "stream.spread must be a finite number",
+    ),
+    "seed past 32 bits": (
+        ["run", "linear_toy", "--set", "seed=99999999999999999999999"],
+        "seed must be <= 4294967295",
+    ),
+    "sweep seeds past 32 bits": (
+        ["sweep", "linear_toy", "--set", "seed=4294967295", "--seeds", "2"],
+        "the last member's seed) must be <= 4294967295",
+    ),
+    "name with a parent": (
+        ["run", "linear_toy", "--name", "../../escape"],
+        "--name must be one directory name",
+    ),
+    "absolute name": (["run", "linear_toy", "--name", "/tmp/x"], "--name must be one"),
+    "name dot": (["run", "linear_toy", "--name", "."], "--name must be one directory name"),
+    "name dot dot": (["sweep", "linear_toy", "--name", ".."], "--name must be one"),
+    "empty list item": (
+        ["run", "split_blobs", "--set", "model.widths=64,,64"],
+        "model.widths has an empty item in '64,,64'",
+    ),
+    "empty grid item": (
+        ["sweep", "linear_toy", "--grid", "regularisers.ewc.strength=1,,2"],
+        "regularisers.ewc.strength has an empty item",
+    ),
+    "infinite grid range": (
+        ["sweep", "linear_toy", "--grid", "regularisers.ewc.strength=1:1e400:3"],
+        "needs finite LOW, HIGH > 0",
+    ),
+    "allow a change without resume": (
+        ["run", "linear_toy", "--allow-config-change"],
+        "--allow-config-change goes with --resume",
+    ),
+    "sweep allows a change without resume": (
+        ["sweep", "linear_toy", "--allow-config-change"],
+        "--allow-config-change goes with --resume",
+    ),
+    "batch larger than a task": (
+        ["run", "linear_toy", "--set", "train.batch_size=1000000"],
+        "train.batch_size (1000000) is larger than task",
+    ),
+    "a model larger than memory": (
+        ["run", "split_blobs", "--set", "model.widths=99999999999"],
+        "method 'naive' needs at least 46,193.6 GiB for its state and gradients, more than",
+    ),
+    "a sweep of too many members": (
+        ["sweep", "linear_toy", "--grid", "regularisers.ewc.strength=1:10:100000000"],
+        "the sweep has 600000000 members",
+    ),
+    "a sweep larger than memory": (
+        [
+            "sweep",
+            "split_blobs",
+            "--method",
+            "ewc",
+            "--seeds",
+            "9000",
+            "--set",
+            "model.widths=4096,4096",
+        ],
+        "9000 members of 'ewc' needs at least",
+    ),
+    "infinite temperature": (
+        ["generate", "--model", "smollm2-135m", "--prompt", "hi", "--temperature", "inf"],
+        "--temperature must be a finite number >= 0",
+    ),
+    "generate seed past 32 bits": (
+        ["generate", "--model", "smollm2-135m", "--prompt", "hi", "--seed", str(2**64)],
+        "--seed must be <= 4294967295",
+    ),
 }
 
 
 @pytest.mark.parametrize("case", BAD)
 def test_bad_input_is_one_line_exit_2_nothing_written(case, tmp_path, capsys):
     argv, message = BAD[case]
-    if argv[0] == "run":
+    if argv[0] in ("run", "sweep"):
         argv = [*argv, "--out", str(tmp_path / "runs")]
         if "--resume" in argv and "--overwrite" not in argv:
             (tmp_path / "runs").mkdir()  # an empty output folder: nothing to resume
@@ -211,6 +295,47 @@ def test_bad_input_is_one_line_exit_2_nothing_written(case, tmp_path, capsys):
     assert err.count("\n") == 1 and err.startswith("continual: error: "), err
     assert message in err
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_an_infinite_value_in_an_experiment_file_is_refused(tmp_path, capsys):
+    experiment = tmp_path / "inf_toy.py"
+    experiment.write_text(
+        "from continual.experiments.linear_toy import get_config as toy\n\n\n"
+        "def get_config(arg=None):\n"
+        "    config = toy(arg)\n"
+        "    config['regularisers']['l2']['strength'] = float('inf')\n"
+        "    return config\n"
+    )
+    assert main(["run", str(experiment), "--out", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert err == "continual: error: regularisers.l2.strength must be a finite number, got inf\n"
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_run_directory_in_use_is_refused(tmp_path, capsys):
+    argv = ["run", "linear_toy", "--out", str(tmp_path), "--name", "x", "--method", "article"]
+    assert main([*argv, "--no-plots", "--quiet"]) == 0
+    run_dir = tmp_path / "linear_toy" / "x"
+    holder = subprocess.Popen(  # another continual process, as far as the lock can tell
+        [sys.executable, "-c", HOLD, str(run_dir / ".lock")], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline() == "held\n"
+        capsys.readouterr()
+        for again in (["resume", str(run_dir)], [*argv, "--resume"], [*argv, "--overwrite"]):
+            assert main(again) == 2
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and "is in use by another continual process" in err
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+    assert (run_dir / "article" / "results.json").exists()  # --overwrite removed nothing
+    assert main(["resume", str(run_dir), "--no-plots"]) == 0
+
+
+HOLD = "import fcntl, sys, time; f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX); "
+HOLD += "print('held', flush=True); time.sleep(120)"
 
 
 @pytest.mark.slow

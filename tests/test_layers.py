@@ -8,7 +8,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "continual"
 
 LAYERS = [  # a module may import its own layer's modules and lower ones, never a higher one
-    ["types", "config", "devices", "data", "models"],
+    ["types", "config", "devices", "data", "models", "faults"],
     ["losses", "evaluate", "streams", "regularisers", "retrieval", "generate"],
     ["train", "checkpoint"],
     ["program"],

@@ -89,19 +89,47 @@ def test_sigterm_checkpoints_and_exits_cleanly(reference, tmp_path):
     assert results(run_dir) == reference
 
 
+def _garbage(states: Path) -> str:
+    for f in states.rglob("*"):
+        if f.is_file():
+            f.write_bytes(b"garbage")
+    return "does not match its sha256"
+
+
+def _flipped_bytes(states: Path) -> str:  # silent: orbax reads the damaged array as it is
+    data = max(
+        (f for f in states.rglob("*") if f.parent.name == "d"), key=lambda f: f.stat().st_size
+    )
+    b = bytearray(data.read_bytes())
+    b[len(b) // 2] ^= 0xFF
+    data.write_bytes(bytes(b))
+    return f"{data.relative_to(states.parent).as_posix()} does not match its sha256"
+
+
+def _no_metadata(states: Path) -> str:  # once mistaken for another version's state layout
+    (states / "_METADATA").unlink()
+    return "states/_METADATA is missing"
+
+
+def _truncated_manifest(states: Path) -> str:
+    manifest = next(states.rglob("manifest.ocdbt"))
+    manifest.write_bytes(manifest.read_bytes()[:20])
+    return "manifest.ocdbt does not match its sha256"
+
+
 @pytest.mark.slow
-def test_a_corrupt_newest_checkpoint_is_skipped_with_a_warning(reference, tmp_path):
+@pytest.mark.parametrize("damage", [_garbage, _flipped_bytes, _no_metadata, _truncated_manifest])
+def test_a_damaged_newest_checkpoint_is_moved_aside_with_a_warning(damage, reference, tmp_path):
     killed = cli([*RUN, "--out", str(tmp_path), "--name", "x"], tmp_path, fault="chunk:4")
     assert killed.returncode == -9
     ckpts = tmp_path / "split_blobs" / "x" / "naive" / "checkpoints"
     steps = sorted((p for p in ckpts.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
-    assert len(steps) >= 2
-    for f in (steps[-1] / "states").rglob("*"):
-        if f.is_file():
-            f.write_bytes(b"garbage")
+    assert len(steps) >= 2 and all((p / "digest.json").exists() for p in steps)
+    why = damage(steps[-1] / "states")
     done = cli(["resume", str(tmp_path / "split_blobs" / "x"), "--quiet", "--no-plots"], tmp_path)
     assert done.returncode == 0, done.stderr
-    assert "is unreadable" in done.stderr
+    assert f"{steps[-1]} is unreadable (ValueError: " in done.stderr and why in done.stderr
+    assert (ckpts.parent / "corrupt_checkpoints" / steps[-1].name).is_dir()
     assert results(tmp_path / "split_blobs" / "x") == reference
 
 
@@ -122,6 +150,78 @@ def test_existing_run_needs_resume_or_overwrite_and_the_same_config(reference, t
     fresh = cli([*base, "--overwrite"], tmp_path)
     assert fresh.returncode == 0 and results(tmp_path / "split_blobs" / "x") == reference
     shutil.rmtree(tmp_path / "split_blobs")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "fault, code, message",
+    [
+        ("start:1:INT", 130, "continual: stopped (SIGINT) before anything was written\n"),
+        ("results:1:TERM", 143, "continual: stopped (SIGTERM) after training, every result"),
+        ("plots:1:INT", 130, "continual: stopped (SIGINT) after training, every result written"),
+        ("chunk:2:INT:2", 130, "continual: stopped at once (SIGINT, the second signal)\n"),
+    ],
+)
+def test_every_moment_of_a_run_obeys_a_signal(fault, code, message, reference, tmp_path):
+    argv = [a for a in RUN if a != "--no-plots" or fault.startswith("results")]
+    stopped = cli([*argv, "--out", str(tmp_path), "--name", "x"], tmp_path, fault=fault)
+    assert stopped.returncode == code, stopped.stderr
+    assert stopped.stderr.endswith(message) or message in stopped.stderr.splitlines()[-1]
+    assert len(stopped.stderr.splitlines()) == (2 if fault.startswith("chunk") else 1)
+    run_dir = tmp_path / "split_blobs" / "x"
+    if fault.startswith("start"):
+        assert not tmp_path.joinpath("split_blobs").exists()
+        return
+    assert not (run_dir / "plots").exists()
+    if fault.startswith("chunk"):  # the second signal: no checkpoint of this chunk, but a resume
+        done = cli(["resume", str(run_dir), "--quiet", "--no-plots"], tmp_path)
+        assert done.returncode == 0, done.stderr
+    assert results(run_dir) == reference
+
+
+@pytest.mark.slow
+def test_a_config_edited_after_the_run_began_is_refused(tmp_path):
+    killed = cli([*RUN, "--out", str(tmp_path), "--name", "x"], tmp_path, fault="chunk:3")
+    assert killed.returncode == -9, killed.stderr
+    run_dir = tmp_path / "split_blobs" / "x"
+    config = json.loads((run_dir / "config.json").read_text())
+    config["train"]["steps"] = 50  # checkpoints of steps 100 and 150 exist
+    (run_dir / "config.json").write_text(json.dumps(config))
+    for argv in (
+        ["resume", str(run_dir)],
+        [*RUN, "--out", str(tmp_path), "--name", "x", "--resume"],
+    ):
+        edited = cli(argv, tmp_path)
+        assert edited.returncode == 2 and edited.stderr.count("\n") == 1, edited.stderr
+        assert "config.json' was changed after the run began" in edited.stderr
+    config["train"]["steps"] = 100
+    (run_dir / "config.json").write_text(json.dumps(config))  # put back (in another layout)
+    changed = [*RUN, "--out", str(tmp_path), "--name", "x", "--resume", "--allow-config-change"]
+    shorter = cli([*changed, "--set", "train.steps=50"], tmp_path)
+    assert shorter.returncode == 2 and shorter.stderr.count("\n") == 1, shorter.stderr
+    assert "exists already: the run was resumed with a config its" in shorter.stderr
+    assert cli(["resume", str(run_dir), "--quiet", "--no-plots"], tmp_path).returncode == 0
+
+
+@pytest.mark.slow
+def test_truncated_results_are_named_and_computed_again(reference, tmp_path):
+    base = [*RUN, "--out", str(tmp_path), "--name", "x"]
+    assert cli(base, tmp_path).returncode == 0
+    run_dir = tmp_path / "split_blobs" / "x"
+    for name in ("naive/results.json", "comparison.json"):
+        text = (run_dir / name).read_text()
+        (run_dir / name).write_text(text[: len(text) // 2])
+    plot = cli(["plot", str(run_dir)], tmp_path)  # the method order comes from run.json
+    assert plot.returncode == 2 and plot.stderr.count("\n") == 2, plot.stderr
+    assert "cannot read " + str(run_dir / "comparison.json") in plot.stderr
+    assert "cannot read " + str(run_dir / "naive" / "results.json") in plot.stderr
+    done = cli(["resume", str(run_dir), "--quiet", "--no-plots"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "naive/results.json (JSONDecodeError" in done.stderr, done.stderr
+    assert (run_dir / "naive" / "results.json.unreadable").exists()
+    assert results(run_dir) == reference  # naive again, from its last checkpoint
+    assert list(json.loads((run_dir / "comparison.json").read_text())) == list(METHODS)
+    assert cli(["plot", str(run_dir)], tmp_path).returncode == 0
 
 
 SWEEP = [
@@ -165,6 +265,9 @@ def test_a_killed_sweep_resumes_to_the_same_numbers(tmp_path):
     config = json.loads((run_dir / "config.json").read_text())
     del config["model"]["initializer"]  # nor had they this key: it reads as its default
     (run_dir / "config.json").write_text(json.dumps(config))
+    request = json.loads((run_dir / "run.json").read_text())
+    del request["config_sha256"]  # nor a record of the config they began with
+    (run_dir / "run.json").write_text(json.dumps(request))
     done = cli(["resume", str(run_dir), "--quiet", "--no-plots"], tmp_path)
     assert done.returncode == 0, done.stderr
     assert [p.name for p in (run_dir / "checkpoints").iterdir()] == [folder.name]

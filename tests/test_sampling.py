@@ -143,7 +143,10 @@ def test_a_run_in_chunks_equals_one_chunk_per_task():
     [
         (["train.sampling=epochs"], "train.sampling must be one of 'uniform', 'shuffle'"),
         (["train.sampling=shuffle", "train.batch_size=0"], "needs train.batch_size > 0"),
-        (["train.sampling=shuffle", "train.batch_size=8"], "task 'B' has 7 training examples"),
+        (
+            ["train.sampling=shuffle", "train.batch_size=8"],
+            "than task 'B'.s 7 training examples, so",
+        ),
     ],
 )
 def test_bad_sampling_is_refused_before_anything_runs(overrides, message):

@@ -92,6 +92,37 @@ def test_a_diverging_member_is_frozen_and_marked_while_others_finish():
     alone = copy.deepcopy(config)
     single = run(alone, ["naive"])["naive"]
     assert_same(good.matrix, single.matrix)
+    table = sw.summarize_sweep([group], [results])  # the diverged member is counted, not averaged
+    assert [(row["n"], row["diverged"]) for row in table] == [(1, 0), (1, 1)]
+    assert table[0]["average"] == (good.summary["average"], 0.0)
+    assert all(table[1][k] is None for k in ("average", "first", "last", "old", "forgetting"))
+    text = sw.format_table(table, good.metric)
+    assert "1 (1 diverged, left out)" in text.splitlines()[2]
+
+
+def test_diverged_members_are_left_out_of_the_plots_with_a_note(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from continual import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "save", lambda fig, path: figures.append(fig) or path)
+
+    row = {"method": "ewc", "outer": {}, "n": 2, "old": (0.5, 0.1), "last": (0.9, 0.0)}
+    table = [
+        {**row, "values": {"s": 1.0}, "diverged": 0, "average": (0.7, 0.1)},
+        {**row, "values": {"s": 10.0}, "diverged": 1, "average": (0.6, 0.0)},
+        {**row, "values": {"s": 1e3}, "diverged": 2, "average": None, "old": None, "last": None},
+    ]
+    plots.plot_front(table, "accuracy", tmp_path / "front.png")
+    plots.plot_vs_value(table, "accuracy", tmp_path / "average.png")
+    for fig in figures:
+        (ax,) = fig.axes
+        assert [len(line.get_xdata()) for line in ax.get_lines()][:1] == [2]  # two points
+        notes = [t.get_text() for t in fig.texts]
+        assert notes == ["3 diverged members left out (1 point with none left)"]
+        plt.close(fig)
+    assert len(figures) == 2
 
 
 @pytest.mark.slow

@@ -225,3 +225,4 @@ def test_a_run_made_before_the_key_existed_resumes_without_a_config_change(tmp_p
     changed = apply_overrides(config, ["stream.train_outputs=seen"])
     with pytest.raises(ValueError, match=r"stream\.train_outputs"):
         rundir.choose(args, changed, request)
+    rundir.release()  # (the command does when it ends)
