@@ -72,5 +72,5 @@ def chunk_speed(
         "seconds": seconds,
         "first_call_s": first,
         "tokens_per_s": batch * context * steps / seconds,
-        "finite": bool(np.isfinite(np.asarray(losses)).all()),
+        "finite": bool(np.isfinite(np.asarray(losses["total"])).all()),
     }

@@ -59,7 +59,7 @@ def measure(exact: bool) -> dict:
         "exact": exact,
         "compile_s": compile_s,
         "tokens_per_s": BATCH * CONTEXT * STEPS / seconds,
-        "losses": np.asarray(losses).tolist(),
+        "losses": np.asarray(losses["total"]).tolist(),
     }
 
 

@@ -215,6 +215,7 @@ class Progress:
     probes: list = field(default_factory=list)  # per finished row, per member
     ends: list[int] = field(default_factory=list)  # per finished row: index of its last eval
     view: list = field(default_factory=list)  # the other reading: before training, each row
+    losses: list = field(default_factory=list)  # per chunk: {part: per member chunk mean}
 
     def to_json(self) -> dict:
         return asdict(self)

@@ -15,6 +15,8 @@ import sys
 import warnings
 from pathlib import Path
 
+from absl import logging as absl_logging
+
 from continual import rundir
 from continual.faults import fault_point
 
@@ -120,8 +122,37 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--num-processes", type=int, default=None, metavar="N")
     sw.add_argument("--process-id", type=int, default=None, metavar="I")
     sub.add_parser("list", help="list experiments, methods and regularisers")
-    pl = sub.add_parser("plot", help="redraw the figures of a run directory")
-    pl.add_argument("run_dir")
+    t = sub.add_parser(
+        "table", help="every run and sweep under the directories as one long table (CSV)"
+    )
+    t.add_argument("dirs", nargs="+", metavar="DIR", help="run or sweep directories, or parents")
+    t.add_argument(
+        "--summary",
+        action="store_true",
+        help="average, forgetting, BWT, FWT per method and member: mean and sd over seeds",
+    )
+    t.add_argument(
+        "--out",
+        default=None,
+        metavar="FILE.csv",
+        help="where to write it (default: table.csv, or summary.csv with --summary); a .parquet "
+        "beside it when pyarrow is installed",
+    )
+    t.add_argument(
+        "--rows", type=int, default=20, metavar="N", help="print the first N rows (default 20)"
+    )
+    pl = sub.add_parser(
+        "plot",
+        help="redraw a run's figures; or compare every run and sweep under several directories",
+    )
+    pl.add_argument(
+        "run_dirs",
+        nargs="+",
+        metavar="DIR",
+        help="one run directory (its figures, redrawn in place), or run and sweep directories "
+        "or their parents (figures comparing them all, in --out)",
+    )
+    pl.add_argument("--out", default="plots", help="where comparison figures go (default: plots)")
     g = sub.add_parser(
         "generate",
         help="continue a prompt with a language model a run trained, or a pretrained one",
@@ -246,9 +277,11 @@ def _execute(args, module, plan, run_dir: Path, resume: bool, request: dict) -> 
     bar = _progress(plan.total_steps, args.quiet)
     finished = {}
 
+    events = plan.config if plan.output["tensorboard"] else None
+
     def on_result(r):
         if not (run_dir / r.method / "results.json").exists():
-            res.save_results(run_dir, r)
+            res.save_results(run_dir, r, events)
         finished[r.method] = r
 
     stop.check(f"before training; resume with: continual resume {run_dir}")
@@ -261,6 +294,7 @@ def _execute(args, module, plan, run_dir: Path, resume: bool, request: dict) -> 
             run_dir=run_dir,
             resume=resume,
             should_stop=stop,
+            on_task=_describe(bar, "{}: task {}"),
         )
     except Interrupted as e:
         return rundir.report_interrupted(e, stop, run_dir)
@@ -292,6 +326,14 @@ def _progress(total: int, quiet: bool):
     return tqdm(total=total, unit="step", delay=2.0, leave=False, file=sys.stderr)
 
 
+def _describe(bar, template: str):
+    """A callback that shows what is running (`template` filled with its arguments) in front of
+    the progress bar, or None without a bar."""
+    if bar is None:
+        return None
+    return lambda *what: bar.set_description_str(template.format(*what))
+
+
 def _sweep(args, config: dict | None = None) -> int:
     _enable_compilation_cache()
     from continual import devices
@@ -303,7 +345,7 @@ def _sweep(args, config: dict | None = None) -> int:
     if distributed:  # before anything touches a device
         devices.initialize(args.coordinator, args.num_processes, args.process_id)
         args.stop.install()  # JAX's preemption notifier took SIGTERM: ours again
-    from continual import plots
+    from continual import plots, runner
     from continual import results as res
     from continual import sweep as sw
     from continual.loop import Interrupted
@@ -317,6 +359,7 @@ def _sweep(args, config: dict | None = None) -> int:
     grid = sw.parse_axes(config, args.grid, "--grid")
     outer = sw.parse_axes(config, args.outer, "--outer")
     groups = sw.plan_sweep(config, grid, args.seeds, outer, args.methods)
+    tensorboard = runner.output_settings(config)["tensorboard"]
     if not distributed:  # (several processes agree on stopping at chunk boundaries only)
         args.stop.check(NOTHING_WRITTEN)
     request = {
@@ -356,16 +399,20 @@ def _sweep(args, config: dict | None = None) -> int:
                     except OSError as e:  # (raising here would leave the others at the barrier)
                         print(f"warning: {e}; {group.method} starts afresh", file=sys.stderr)
             devices.barrier(f"checkpoints {i}")
+            what = " ".join([group.method, *(f"{k}={v}" for k, v in group.outer.items())])
+            what += f" ({len(group.members)} members, program {i + 1} of {len(groups)})"
             rs = sw.run_group(
                 group,
                 on_steps=bar.update if bar else None,
                 directory=directory,
                 resume=resume,
                 should_stop=stop.everywhere,
+                on_task=_describe(bar, what.replace("{", "{{").replace("}", "}}") + ": task {}"),
             )
             if primary:
                 for member, r in zip(group.members, rs, strict=True):
-                    res.save_results(run_dir / "members" / member.method, r)
+                    events = sw.member_config(group, member) if tensorboard else None
+                    res.save_results(run_dir / "members" / member.method, r, events)
             results.append(rs)
     except Interrupted as e:
         return rundir.report_interrupted(e, stop, run_dir)
@@ -390,6 +437,22 @@ def _sweep(args, config: dict | None = None) -> int:
     return 0
 
 
+def _table(args) -> int:
+    from continual import table
+
+    if args.rows < 0:
+        raise ValueError(f"--rows must be 0 or more, got {args.rows}")
+    out = Path(args.out or ("summary.csv" if args.summary else "table.csv"))
+    if out.suffix != ".csv":
+        raise ValueError(f"--out must name a .csv file, got {str(out)!r}")
+    found, keys = table.collect(args.dirs)
+    rows = (table.summary_rows if args.summary else table.long_rows)(found, keys)
+    print(table.format_rows(rows, None if args.summary else args.rows))
+    paths = table.write(rows, out)
+    print(f"{len(rows)} rows from {len(found)} methods and members: {', '.join(map(str, paths))}")
+    return 0
+
+
 def _list() -> int:
     from continual.config import experiment_names, load_experiment
     from continual.regularisers import registry
@@ -411,7 +474,9 @@ def _plot(args) -> int:
     from continual import results as res
     from continual.config import load_experiment
 
-    run_dir = Path(args.run_dir)
+    run_dir = Path(args.run_dirs[0])
+    if len(args.run_dirs) > 1 or not _is_run(run_dir):
+        return _plot_comparison(args)
     all_results = res.load_run(run_dir)
     module, stream = None, None
     config_file = run_dir / "config.json"
@@ -428,6 +493,49 @@ def _plot(args) -> int:
             module = None  # the generic figures still come from results.json
     for path in _plots(module, stream, all_results, run_dir):
         print(path)
+    return 0
+
+
+def _is_run(path: Path) -> bool:
+    """Whether `path` is one run's directory (not a sweep's, not a parent of runs), or a
+    directory that does not exist (refused as a run, naming it)."""
+    if not path.is_dir():
+        return True
+    try:
+        info = json.loads((path / "run.json").read_text())
+    except (OSError, ValueError):
+        return not list(path.rglob("run.json"))  # (an unreadable run.json: load_run says why)
+    return not (isinstance(info, dict) and info.get("kind") == "sweep")
+
+
+def _plot_comparison(args) -> int:
+    """Figures of every run and sweep under the directories, from the table of their members:
+    the stability-plasticity front of every method and member, the average final metric
+    against each swept value, and the (seed-mean) matrices side by side."""
+    from continual import plots, table
+
+    found, keys = table.collect(args.run_dirs)
+    if not found:
+        raise ValueError("no finished method or sweep member under " + ", ".join(args.run_dirs))
+    metrics = sorted({m["results"].metric for m in found})
+    if len(metrics) > 1:
+        raise ValueError(
+            f"these runs measure different metrics ({', '.join(metrics)}): plot them apart"
+        )
+    out, rows = Path(args.out), table.point_rows(found)
+    paths = [plots.plot_front(rows, metrics[0], out / "front.png")]
+    for key in keys:  # one figure per swept key, the points that swept it
+        along = [
+            r | {"values": {key: r["values"][key], **r["values"]}}  # the key runs along
+            for r in rows
+            if key in r["values"]
+        ]
+        name = "average_vs_" + "".join(c if c.isalnum() or c in "._-" else "_" for c in key)
+        paths.append(plots.plot_vs_value(along, metrics[0], out / f"{name}.png"))
+    paths.append(plots.plot_matrices(table.mean_matrices(found), out / "matrices.png"))
+    for path in paths:
+        if path is not None:
+            print(path)
     return 0
 
 
@@ -490,6 +598,10 @@ def main(argv: list[str] | None = None) -> int:
     # run, sweep and resume obey a signal at every moment from here on (rundir.StopFlag)
     args.stop = stop = rundir.StopFlag()
     show_warning, warnings.formatwarning = warnings.formatwarning, _one_line
+    # orbax's advice ("Waiting for previous save ...", "Metadata file does not exist") is not the
+    # user's to act on; its errors still show
+    absl_level = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.ERROR)
     if args.command in ("run", "sweep", "resume"):
         stop.install()
         fault_point("start")
@@ -507,6 +619,8 @@ def main(argv: list[str] | None = None) -> int:
             return _resume(args)
         if args.command == "generate":
             return _generate(args)
+        if args.command == "table":
+            return _table(args)
         return _plot(args)
     except rundir.Stopped as e:
         print(f"continual: stopped ({signal.Signals(stop.signal).name}) {e}", file=sys.stderr)
@@ -521,6 +635,7 @@ def main(argv: list[str] | None = None) -> int:
         stop.uninstall()
         rundir.release()
         warnings.formatwarning = show_warning
+        absl_logging.set_verbosity(absl_level)
 
 
 def _one_line(message, category, filename, lineno, line=None) -> str:

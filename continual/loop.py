@@ -19,6 +19,7 @@ summary read the trained tasks alone.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -57,10 +58,12 @@ class Job(NamedTuple):
 
 class Hooks(NamedTuple):
     """The caller's view of a running program: `on_steps(n)` as steps are done (a progress
-    bar), `should_stop()` polled at every chunk boundary (a signal asked for a stop)."""
+    bar), `should_stop()` polled at every chunk boundary (a signal asked for a stop),
+    `on_task(name)` as each task's row (or the joint one) starts."""
 
     on_steps: Callable[[int], Any] | None = None
     should_stop: Callable[[], bool] | None = None
+    on_task: Callable[[str], Any] | None = None
 
 
 NO_HOOKS = Hooks()
@@ -156,9 +159,15 @@ def _start(
     return p
 
 
-def _record_chunk(p: Progress, losses, values, row: int, row_name: str, raise_first: bool):
-    """Adds a chunk's losses (M, S) and metric (M, T) to the progress; the first non-finite
-    loss of a member marks it diverged (or, with `raise_first`, raises DivergenceError)."""
+def _record_chunk(p: Progress, terms, values, row: int, row_name: str, raise_first: bool):
+    """Adds a chunk's losses (a dict of (M, S): "total" and its parts, continual.train.
+    make_chunk) and metric (M, T) to the progress: each part's mean over the chunk's applied
+    steps; the first non-finite total loss of a member marks it diverged (or, with
+    `raise_first`, raises DivergenceError)."""
+    losses = terms["total"]
+    with warnings.catch_warnings():  # a member with no applied step: NaN, its mean unknown
+        warnings.simplefilter("ignore", RuntimeWarning)
+        p.losses.append({k: _tolist(np.nanmean(v, axis=1)) for k, v in terms.items()})
     for i in range(len(losses)):
         bad = ~np.isfinite(losses[i])
         if p.diverged[i] is None and bad.any():
@@ -226,6 +235,8 @@ def run_program(
 
     for row in range(p.row, len(rows)):
         row_name = rows[row]
+        if hooks.on_task is not None:
+            hooks.on_task(row_name)
         params0 = jax.tree.map(lambda a: a[0], states.params)
         trainable = trainable_mask(params0, method.freeze, row > 0)
         values = None  # the row's latest readings (M, T, R)
@@ -234,10 +245,10 @@ def run_program(
             states, losses, values = program.chunk(
                 states, program.data, test, jnp.int32(row), trainable, start, jnp.int32(p.step)
             )
-            losses, values = to_host((losses[:m], values[:m]))  # values (M, T, R)
+            losses, values = to_host(jax.tree.map(lambda a: a[:m], (losses, values)))
             _record_chunk(p, losses, values[..., 0], row, row_name, stop_on_divergence)
             if hooks.on_steps is not None:
-                hooks.on_steps(losses.shape[1])
+                hooks.on_steps(losses["total"].shape[1])
             stop = stop_requested()
             due = checkpoint_every and p.chunk % checkpoint_every == 0
             if checkpoint is not None and p.chunk < num_chunks and (due or stop):
@@ -292,6 +303,7 @@ def _results(method, program: Program, p: Progress, stream: Stream, names, rows,
                 "step": p.steps,
                 "training_task": p.training_task,
                 "values": values_all[i].tolist(),
+                "losses": _losses(p, i),
             },
             timing={"compile_s": program.compile_s, "run_s": run_s},
             params=[row[i] for row in p.params] or None,
@@ -303,6 +315,15 @@ def _results(method, program: Program, p: Progress, stream: Stream, names, rows,
         )
         out.append(results)
     return out
+
+
+def _losses(p: Progress, i: int) -> dict[str, list]:
+    """Member i's chunk-mean losses, one per evaluation as curves' values: None at the evaluation
+    before training (and at the chunks of a run resumed from a checkpoint that did not record
+    them)."""
+    names = list(dict.fromkeys(k for chunk in p.losses for k in chunk))
+    pad = [None] * (len(p.steps) - len(p.losses))
+    return {k: pad + [chunk.get(k, [None] * (i + 1))[i] for chunk in p.losses] for k in names}
 
 
 def _view_rows(program: Program, p: Progress, i: int) -> list | None:

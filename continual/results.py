@@ -6,6 +6,7 @@ Layout of `runs/<experiment>/<stamp>/`:
   comparison.json        every method's summary, in run order
   <method>/results.json  the Results schema (tasks, metric, matrix, summary, curves, timing, ...)
   <method>/curves.csv    step, training_task, one column per task
+  <method>/events.out.tfevents.continual  the same as TensorBoard events (continual.events)
   tokenizer.json         the stream's tokenizer, when it is text (read by `continual generate`)
   plots/*.png
 Every file is written to a temporary name and renamed, so none is ever half-written.
@@ -55,10 +56,17 @@ def curves_csv(results: Results) -> str:
     return buf.getvalue()
 
 
-def save_results(run_dir: Path, results: Results) -> None:
-    """Writes <run_dir>/<method>/curves.csv, then results.json (which marks it finished)."""
-    write_atomic(run_dir / results.method / "curves.csv", curves_csv(results))
-    write_json(run_dir / results.method / "results.json", results.to_json())
+def save_results(run_dir: Path, results: Results, events_config: dict | None = None) -> None:
+    """Writes <run_dir>/<method>/curves.csv, with an `events_config` a TensorBoard event file
+    (continual.events, the config shown as its text), then results.json (which marks the method
+    finished)."""
+    folder = run_dir / results.method
+    write_atomic(folder / "curves.csv", curves_csv(results))
+    if events_config is not None:
+        from continual.events import write_events
+
+        write_events(folder, results, events_config)
+    write_json(folder / "results.json", results.to_json())
 
 
 def read_results(path: Path) -> Results | None:

@@ -332,6 +332,24 @@ def checkpoint_settings(config: dict) -> CheckpointSettings:
     return CheckpointSettings(**c)
 
 
+OUTPUT_DEFAULTS = {"tensorboard": True}
+
+
+def output_settings(config: dict) -> dict:
+    """The checked output section: tensorboard (an event file beside every results.json,
+    continual.events)."""
+    given = config.get("output", {})
+    if not isinstance(given, dict):
+        raise ConfigError("config section 'output' is not a mapping")
+    c = {**OUTPUT_DEFAULTS, **given}
+    unknown = set(c) - set(OUTPUT_DEFAULTS)
+    if unknown:
+        raise ConfigError(f"output: unknown key {sorted(unknown)[0]!r}")
+    if not isinstance(c["tensorboard"], bool):
+        raise ConfigError("output.tensorboard must be true or false")
+    return c
+
+
 @dataclass
 class Plan:
     """A checked config with every part built and its settings parsed: what `execute` runs.
@@ -346,6 +364,7 @@ class Plan:
     test: TaskData
     methods: list[Method]
     key: Any
+    output: dict = field(default_factory=lambda: dict(OUTPUT_DEFAULTS))
 
     def steps(self, method) -> int:
         """A method's training steps (for a progress bar)."""
@@ -377,6 +396,7 @@ def plan(config: dict, selected: list[str] | None = None) -> Plan:
     seed = check_seed(config.get("seed", 0))
     settings = train_settings(config)
     checkpoints = checkpoint_settings(config)
+    output = output_settings(config)
     stream = build_stream(config)
     check_batch(settings.sampling, settings.batch_size, stream.trained_tasks)
     train, test = stack_tasks(stream.tasks, "train"), stack_tasks(stream.tasks, "test")
@@ -389,7 +409,7 @@ def plan(config: dict, selected: list[str] | None = None) -> Plan:
         if m.retrieval is not None and m.retrieval["reader"] is not None:  # trains a reader
             check_batch(settings.sampling, settings.batch_size, [m.retrieval["reader"]])
         check_memory(state_bytes(m), f"method {m.name!r}")
-    return Plan(config, seed, settings, checkpoints, stream, train, test, methods, run_key)
+    return Plan(config, seed, settings, checkpoints, stream, train, test, methods, run_key, output)
 
 
 def state_bytes(method: Method) -> int:
@@ -449,6 +469,8 @@ def with_defaults(config: dict) -> dict:
     regulariser's registered defaults under the values the config gives. A default of another
     kind of section (left when a sweep's --outer changed its name) is dropped."""
     out = {**config, "checkpoint": {**CHECKPOINT_DEFAULTS, **config.get("checkpoint", {})}}
+    if isinstance(config.get("output", {}), dict):
+        out["output"] = {**OUTPUT_DEFAULTS, **config.get("output", {})}
     for name, kinds, defaults in DEFAULTS:
         section = out.get(name)
         if not isinstance(section, dict):
@@ -476,15 +498,21 @@ def execute(
     run_dir: Path | None = None,
     resume: bool = False,
     should_stop=None,
+    on_task=None,
 ) -> dict[str, Results]:
     """Runs every method of a plan (one member each); `on_result(results)` is called as each
-    one finishes. A non-finite loss raises DivergenceError naming the task and step.
+    one finishes, `on_task(method, task)` as each of its tasks starts. A non-finite loss raises
+    DivergenceError naming the task and step.
 
     With a `run_dir`, each method checkpoints into <run_dir>/<method>/checkpoints (see the
     config's checkpoint section); `resume` skips methods whose results.json exists and resumes
     the others from their newest readable checkpoint, giving the numbers of an uninterrupted run.
     """
-    hooks = Hooks(on_steps, should_stop)
+
+    def method_hooks(name):
+        task = None if on_task is None else lambda t: on_task(name, t)
+        return Hooks(on_steps, should_stop, task)
+
     # the same model and test data: one evaluate per way of training; every method starts from
     # the same parameters (LoRA's adapters add zero), so those of one way share the evaluation
     # before training too
@@ -515,7 +543,7 @@ def execute(
                 p.checkpoints,
                 run_dir / m.name / "checkpoints" if run_dir is not None else None,
                 resume,
-                hooks,
+                method_hooks(m.name),
                 stop_on_divergence=True,
                 shared=None if reader else shared.get(m.partition),
                 on_finish=lambda s, final=final: final.update(params=s.params),

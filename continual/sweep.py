@@ -182,6 +182,11 @@ class Group:
         return f"{self.method}-{hashlib.sha256(names.encode()).hexdigest()[:12]}"
 
 
+def member_config(group: Group, member: Member) -> dict:
+    """The config a member ran with: its group's (outer values in) with its grid values and seed."""
+    return {**_with(group.config, member.values), "seed": member.seed}
+
+
 def plan_sweep(
     config: dict,
     grid: dict[str, list],
@@ -251,14 +256,19 @@ def _groups(config, names, grid, outer_values, seeds, keep) -> list[Group]:
 
 
 def run_group(
-    group: Group, on_steps=None, directory=None, resume: bool = False, should_stop=None
+    group: Group,
+    on_steps=None,
+    directory=None,
+    resume: bool = False,
+    should_stop=None,
+    on_task=None,
 ) -> list[Results]:
     """Trains every member of a group as one vmapped program; with a `directory` it checkpoints
-    there (and resumes from it), as a run does."""
+    there (and resumes from it), as a run does. `on_task(name)` as each task starts."""
     plan = group.plan or runner.plan(group.config, [group.method])
     methods, states = [], []
     for member in group.members:
-        cfg = _with(group.config, {**member.values, "seed": member.seed})
+        cfg = member_config(group, member)
         method, state = member_state(cfg, group.method, plan, member.seed)
         methods.append(method)
         states.append(state)
@@ -270,7 +280,7 @@ def run_group(
         plan.checkpoints,
         directory,
         resume,
-        Hooks(on_steps, should_stop),
+        Hooks(on_steps, should_stop, on_task),
         names=[m.name for m in group.members],
     )
     return results
@@ -302,27 +312,33 @@ def summarize_sweep(groups: list[Group], results: list[list[Results]]) -> list[d
         for member, r in zip(group.members, rs, strict=True):
             key = (group.method, tuple(group.outer.items()), tuple(member.values.items()))
             points.setdefault(key, []).append(r)
-    table = []
-    for (method, outer, point), runs in points.items():
-        kept = [r for r in runs if r.diverged is None]  # a diverged member's numbers mean nothing
-        row = {
-            "method": method,
-            "outer": dict(outer),
-            "values": dict(point),
-            "n": len(runs),
-            "diverged": len(runs) - len(kept),
-        }
-        forgetting = [r.summary["forgetting"] for r in kept]
-        stats = {
-            "average": [r.summary["average"] for r in kept],
-            "first": [r.matrix[-1][0] for r in kept],
-            "last": [r.matrix[-1][-1] for r in kept],
-            "old": [old_new(r)[0] for r in kept],
-            "forgetting": None if None in forgetting else forgetting,
-        }
-        row.update({k: _mean_sem(v) if v else None for k, v in stats.items()})
-        table.append(row)
-    return table
+    return [
+        point_row(m, dict(outer), dict(point), runs) for (m, outer, point), runs in points.items()
+    ]
+
+
+def point_row(method: str, outer: dict, values: dict, runs: list[Results]) -> dict:
+    """One point of a sweep table: the members of one method and values, their mean and SEM
+    over seeds of the average, first-task, newest-task, older-tasks and forgetting numbers;
+    members that diverged are counted ("diverged") and left out (None when all did)."""
+    kept = [r for r in runs if r.diverged is None]  # a diverged member's numbers mean nothing
+    row = {
+        "method": method,
+        "outer": outer,
+        "values": values,
+        "n": len(runs),
+        "diverged": len(runs) - len(kept),
+    }
+    forgetting = [r.summary["forgetting"] for r in kept]
+    stats = {
+        "average": [r.summary["average"] for r in kept],
+        "first": [r.matrix[-1][0] for r in kept],
+        "last": [r.matrix[-1][-1] for r in kept],
+        "old": [old_new(r)[0] for r in kept],
+        "forgetting": None if None in forgetting else forgetting,
+    }
+    row.update({k: _mean_sem(v) if v else None for k, v in stats.items()})
+    return row
 
 
 def format_table(table: list[dict], metric: str) -> str:

@@ -130,6 +130,8 @@ def make_chunk(
     losses, values): `num_steps` steps on task `task` as one lax.scan, the first of them the
     task's step `start` and the run's step `done`, then the metric on every task's test split,
     values (T,) (with `seen_only`, on tasks 0..task only; the others are NaN and cost nothing).
+    `losses` holds every step's (num_steps,): "total" (what the step minimised), "loss" (the
+    objective's part) and each regulariser's "<label>/penalty" (continual.regularisers.chain).
     With `readings`, a tuple of R objectives of the same model, values are (T, R), each task
     read from one forward pass (continual.evaluate.evaluate_tasks), in blocks of `eval_batch`
     examples when > 0.
@@ -188,7 +190,11 @@ def make_chunk(
             kept = jax.tree.map(
                 lambda n, o: jnp.where(ok, n, o), new._replace(key=None), s._replace(key=None)
             )
-            return (kept._replace(key=s.key), order), jnp.where(ok, loss, jnp.nan)
+            terms = {"total": loss, "loss": metrics["loss"]}
+            terms.update({k: v for k, v in metrics.items() if k.endswith("/penalty")})
+            return (kept._replace(key=s.key), order), {
+                k: jnp.where(ok, v, jnp.nan) for k, v in terms.items()
+            }
 
         order = epoch_order(train, task, order_key, start // per_epoch) if shuffle else None
         steps = jnp.arange(num_steps, dtype=jnp.int32)

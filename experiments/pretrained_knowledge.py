@@ -4,7 +4,7 @@
     continual generate runs/pretrained_knowledge/pk --method full --prompt "Where is Monba Palace?"
     continual run pretrained_knowledge --arg tiny   # a random tiny Llama: the test suite's size
 
-Time: about 50 min on 2 CPU cores (compilation included).
+Time: about 25 min on 2 CPU cores (compilation included).
 Results: docs/pretrained.md#measured
 
 Invented facts (place, year, founder, colour of invented landmarks, English) are injected into

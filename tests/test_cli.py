@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -277,6 +278,28 @@ BAD = {
         ["generate", "--model", "smollm2-135m", "--prompt", "hi", "--seed", str(2**64)],
         "--seed must be <= 4294967295",
     ),
+    "tensorboard not a flag": (
+        ["run", "linear_toy", "--set", "output.tensorboard=maybe"],
+        "output.tensorboard must be true or false",
+    ),
+    "an output key that does not exist": (
+        ["run", "linear_toy", "--set", "output.wandb=true"],
+        "unknown config key 'output.wandb'",
+    ),
+    "table of a missing directory": (["table", "/nonexistent/runs"], "is not a directory"),
+    "table of a directory without runs": (
+        ["table", str(Path(__file__).parent / "fixtures")],
+        "holds no run or sweep (no run.json below it)",
+    ),
+    "table to a file that is not csv": (
+        ["table", ".", "--out", "table.txt"],
+        "--out must name a .csv file, got 'table.txt'",
+    ),
+    "table with negative rows": (["table", ".", "--rows", "-1"], "--rows must be 0 or more"),
+    "plot of missing directories": (
+        ["plot", "/nonexistent/a", "/nonexistent/b"],
+        "'/nonexistent/a' is not a directory",
+    ),
 }
 
 
@@ -287,6 +310,10 @@ def test_bad_input_is_one_line_exit_2_nothing_written(case, tmp_path, capsys):
         argv = [*argv, "--out", str(tmp_path / "runs")]
         if "--resume" in argv and "--overwrite" not in argv:
             (tmp_path / "runs").mkdir()  # an empty output folder: nothing to resume
+    if argv[0] == "table" and "--out" not in argv:
+        argv = [*argv, "--out", str(tmp_path / "runs" / "table.csv")]
+    if argv[0] == "plot":
+        argv = [*argv, "--out", str(tmp_path / "runs")]
     exits = case in ("unknown command", "resume and overwrite")  # argparse's own checks
     with pytest.raises(SystemExit) if exits else contextlib.nullcontext():
         code = main(argv)
@@ -295,6 +322,23 @@ def test_bad_input_is_one_line_exit_2_nothing_written(case, tmp_path, capsys):
     assert err.count("\n") == 1 and err.startswith("continual: error: "), err
     assert message in err
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_orbax_advice_is_quiet_and_its_errors_are_not(monkeypatch, caplog):
+    from absl import logging as absl_logging
+
+    import continual.cli as cli
+
+    def chatty():
+        absl_logging.warning("Waiting for previous save to complete took 6 seconds.")
+        absl_logging.error("a real error")
+        return 0
+
+    before = absl_logging.get_verbosity()
+    monkeypatch.setattr(cli, "_list", chatty)
+    assert main(["list"]) == 0
+    assert [r.getMessage() for r in caplog.records if r.name == "absl"] == ["a real error"]
+    assert absl_logging.get_verbosity() == before
 
 
 def test_an_infinite_value_in_an_experiment_file_is_refused(tmp_path, capsys):

@@ -14,7 +14,7 @@ LAYERS = [  # a module may import its own layer's modules and lower ones, never 
     ["program"],
     ["loop"],
     ["runner", "sweep"],
-    ["results", "plots", "rundir", "reload"],
+    ["results", "plots", "rundir", "reload", "events", "table"],
     ["cli", "__init__"],
 ]
 

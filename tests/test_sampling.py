@@ -44,7 +44,7 @@ def chunks(sampling, batch_size, num_steps, reg=None):
         state, losses, _ = jax.jit(chunk)(
             state, plan.train, test, jnp.int32(task), trainable, jnp.int32(start), done
         )
-        return state, np.asarray(losses)
+        return state, np.asarray(losses["total"])
 
     return state, lambda *args: go(*args)[0], go
 
