@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from continual.results import write_atomic
-from continual.sweep import point_row
+from continual.sweep import _fmt, point_row
 from continual.types import Results
 
 FIXED = ["experiment", "run", "kind", "method", "member"]
@@ -196,10 +196,7 @@ def points(found: list[dict]) -> list[tuple[str, dict, list[Results]]]:
 
 
 def _fmt_values(values: dict) -> list[str]:
-    return [
-        f"{k.split('.')[-1]}={v:g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}"
-        for k, v in values.items()
-    ]
+    return [f"{k.split('.')[-1]}={_fmt(v)}" for k, v in values.items()]
 
 
 def point_rows(found: list[dict]) -> list[dict]:
